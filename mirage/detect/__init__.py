@@ -1,0 +1,1 @@
+"""Face detectors: embedded BlazeFace (LiteRT) and neural SCRFD (ONNX)."""

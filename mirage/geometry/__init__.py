@@ -1,0 +1,1 @@
+"""Face geometry: alignment templates, crops, masks and paste-back (pure functions)."""

@@ -1,0 +1,1 @@
+"""Face landmarks: the 468-point FaceMesh and its topology."""

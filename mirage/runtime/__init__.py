@@ -1,0 +1,1 @@
+"""Model runtimes: LiteRT interpreters, ONNX Runtime sessions, batch rewrites."""

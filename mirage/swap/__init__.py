@@ -1,0 +1,1 @@
+"""Face swappers: embedded ``mesh`` and neural ``inswapper``."""

@@ -1,0 +1,1 @@
+"""Temporal stability: One-Euro smoothing and landmark tracking between detections."""

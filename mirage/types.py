@@ -1,0 +1,135 @@
+"""Typed values that pass between stages (and across Serve deployment boundaries).
+
+Everything here is small and picklable: boxes, keypoints, landmarks, face crops
+and identity data. Whole frames are never part of these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+import numpy as np
+import numpy.typing as npt
+
+#: uint8 BGR image, shape (H, W, 3).
+Image = npt.NDArray[np.uint8]
+#: float32 array of 2-D points, shape (K, 2), pixel coordinates (x, y).
+Points = npt.NDArray[np.float32]
+#: float32 2x3 affine matrix mapping frame coordinates to crop coordinates.
+Affine = npt.NDArray[np.float32]
+
+SwapperName = Literal["mesh", "inswapper"]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected face in frame pixel coordinates.
+
+    ``box`` is (x1, y1, x2, y2). ``keypoints`` depend on the detector: BlazeFace
+    gives 6 (right eye, left eye, nose tip, mouth centre, right ear, left ear —
+    "right"/"left" from the subject's view, so the right eye is on the image
+    left); SCRFD gives 5 in ArcFace template order (image-left eye, image-right
+    eye, nose, image-left mouth corner, image-right mouth corner).
+    """
+
+    box: npt.NDArray[np.float32]
+    score: float
+    keypoints: Points
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+
+@dataclass(frozen=True)
+class FaceLandmarks:
+    """468 FaceMesh points, shape (468, 3): x, y in frame pixels, z relative depth."""
+
+    points: npt.NDArray[np.float32]
+    confidence: float
+
+    @property
+    def xy(self) -> Points:
+        return np.ascontiguousarray(self.points[:, :2], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """A face cut out of a frame for a swapper.
+
+    ``image`` is the crop (BGR uint8); ``matrix`` maps frame → crop coordinates
+    (paste-back inverts it); ``landmarks`` are in crop coordinates (468 points
+    for the mesh swapper, may be None for InSwapper); ``frame_box`` is the face
+    box in the frame, which bounds the paste-back.
+    """
+
+    image: Image
+    matrix: Affine
+    frame_box: npt.NDArray[np.float32]
+    landmarks: Points | None = None
+
+
+@dataclass(frozen=True)
+class SwappedFace:
+    """A swapper's output for one crop: the new crop and its blend mask.
+
+    ``mask`` is float32 in [0, 1], shape of the crop (H, W): where the swapped
+    pixels replace the frame. Paste-back warps both back with the crop's matrix.
+    """
+
+    image: Image
+    mask: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class MeshIdentity:
+    """Reference identity for the mesh swapper: texture and its 468-point mesh."""
+
+    texture: Image
+    landmarks: Points
+    kind: Literal["mesh"] = "mesh"
+
+    def __repr__(self) -> str:  # identity data never goes to logs
+        return f"MeshIdentity(texture={self.texture.shape}, landmarks={self.landmarks.shape})"
+
+
+@dataclass(frozen=True)
+class LatentIdentity:
+    """Reference identity for InSwapper: the 512-float source latent."""
+
+    latent: npt.NDArray[np.float32]
+    kind: Literal["inswapper"] = "inswapper"
+
+    def __repr__(self) -> str:  # identity data never goes to logs
+        return f"LatentIdentity(latent={self.latent.shape})"
+
+
+Identity = Union[MeshIdentity, LatentIdentity]
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    """Per-session swap options.
+
+    ``mouth_mask`` keeps the live mouth; ``coverage`` scales how much of the
+    face region (1.0 = the whole mesh hull) is replaced.
+    """
+
+    mouth_mask: bool = False
+    coverage: float = 1.0
+
+
+@dataclass
+class StageTimings:
+    """Milliseconds spent per stage for one frame (filled by pipelines)."""
+
+    ms: dict[str, float] = field(default_factory=dict)

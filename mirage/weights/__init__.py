@@ -1,0 +1,1 @@
+"""Model weights: the manifest, provisioning and the embedded models' location."""
