@@ -1,0 +1,199 @@
+"""Landmark tracking between detections: which frames need the detector, and smoothing.
+
+:class:`FaceTracker` is pure state, it never calls a model: the server asks it
+for a :class:`TrackPlan`, runs the detector (only when ``plan.detect``) and the
+landmarker in other processes, then feeds the landmarks back with
+:meth:`FaceTracker.observe`. :func:`track_stream` does the same in-process.
+
+As in MediaPipe's face-mesh graph, the ROI for the next frame comes from the
+current frame's raw (unsmoothed) mesh, so tracking never lags behind motion;
+only the landmarks handed out are One-Euro smoothed, per face slot.
+The detector runs on the first frame, every ``detect_every`` frames, after a
+jump larger than ``motion_threshold`` face sizes in one frame, and after a face
+was lost or its confidence fell below ``min_confidence``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from mirage.detect.blazeface import largest_faces
+from mirage.landmarks.facemesh import FaceRoi, roi_from_detection, roi_from_landmarks
+from mirage.tracking.one_euro import OneEuroConfig, OneEuroFilter
+from mirage.types import Detection, FaceLandmarks, Image
+
+if TYPE_CHECKING:
+    from mirage.detect.blazeface import BlazeFaceDetector
+    from mirage.landmarks.facemesh import FaceMeshLandmarker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    detect_every: int = 10
+    max_faces: int = 1
+    min_confidence: float = 0.5
+    #: Centre displacement in one frame, as a fraction of the face size, that triggers a re-detection.
+    motion_threshold: float = 0.08
+    one_euro: OneEuroConfig = field(default_factory=OneEuroConfig)
+
+
+@dataclass
+class TrackPlan:
+    """What to do for the next frame.
+
+    ``detect``: run the detector and take ROIs from :meth:`FaceTracker.rois_from_detections`.
+    ``rois``: the tracked ROIs (from the last landmarks): used when not detecting,
+    and the fallback when a detection fails, times out or finds nothing.
+    """
+
+    detect: bool
+    rois: list[FaceRoi]
+
+
+@dataclass
+class _Slot:
+    """One tracked face: its filter, last raw points (for the ROI) and last smoothed output."""
+
+    filter: OneEuroFilter
+    raw_xy: npt.NDArray[np.float32]
+    smoothed: FaceLandmarks
+
+    @property
+    def roi(self) -> FaceRoi:
+        return roi_from_landmarks(self.raw_xy)
+
+
+def _centre(points_xy: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    return np.asarray(points_xy, np.float64).mean(axis=0)
+
+
+def _extent(points_xy: npt.NDArray[np.float32]) -> float:
+    span = np.ptp(np.asarray(points_xy, np.float64), axis=0)
+    return float(max(span.max(), 1.0))
+
+
+class FaceTracker:
+    """Decides when to detect and smooths landmarks, frame after frame."""
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        if self.config.detect_every < 1:
+            raise ValueError("detect_every must be at least 1")
+        self.reset()
+
+    def reset(self) -> None:
+        self._slots: list[_Slot] = []
+        self._frame = 0
+        self._last_detect: int | None = None
+        self._force_detect = True
+
+    @property
+    def faces(self) -> list[FaceLandmarks]:
+        """The last smoothed landmarks, one per tracked face (stable slot order)."""
+        return [slot.smoothed for slot in self._slots]
+
+    def plan(self) -> TrackPlan:
+        rois = [slot.roi for slot in self._slots]
+        due = self._last_detect is None or self._frame - self._last_detect >= self.config.detect_every
+        return TrackPlan(detect=bool(self._force_detect or not self._slots or due), rois=rois)
+
+    def rois_from_detections(self, dets: Sequence[Detection]) -> list[FaceRoi]:
+        """ROIs for the largest ``max_faces`` detections.
+
+        A detection that matches a tracked face keeps that face's tracked ROI:
+        the detection confirms the track without the jolt of a differently
+        framed crop. A detection that matches nothing gets a fresh ROI.
+        """
+        rois: list[FaceRoi] = []
+        tracked = [slot.roi for slot in self._slots]
+        for det in largest_faces(dets, self.config.max_faces):
+            fresh = roi_from_detection(det)
+            match = next((roi for roi in tracked if _same_face(roi, fresh)), None)
+            if match is not None:
+                tracked.remove(match)
+            rois.append(match if match is not None else fresh)
+        return rois
+
+    def observe(self, landmarks: Sequence[FaceLandmarks], t: float, detected: bool) -> list[FaceLandmarks]:
+        """Take this frame's raw landmarks (time ``t`` in seconds); return the smoothed ones."""
+        cfg = self.config
+        if detected:
+            self._last_detect = self._frame
+            self._force_detect = False
+        self._frame += 1
+        kept = [lm for lm in landmarks if lm.confidence >= cfg.min_confidence]
+        lost = len(kept) < len(landmarks)
+        if len(kept) > cfg.max_faces:
+            kept = sorted(kept, key=lambda lm: _extent(lm.xy), reverse=True)[: cfg.max_faces]
+
+        old = self._slots
+        pairs = self._match(old, kept)
+        new_slots: list[_Slot] = []
+        used = set()
+        for slot_index, face_index in sorted(pairs.items()):
+            slot, face = old[slot_index], kept[face_index]
+            jump = np.linalg.norm(_centre(face.xy) - _centre(slot.raw_xy)) / _extent(slot.raw_xy)
+            if jump > cfg.motion_threshold:
+                logger.debug("face moved %.2f face sizes in one frame: re-detect", jump)
+                self._force_detect = True
+            new_slots.append(self._update(slot, face, t))
+            used.add(face_index)
+        if len(pairs) < len(old):
+            lost = True
+        for face_index, face in enumerate(kept):
+            if face_index not in used:
+                new_slots.append(self._update(_Slot(OneEuroFilter(cfg.one_euro), face.xy, face), face, t))
+        if lost and not detected:
+            self._force_detect = True
+        self._slots = new_slots
+        return self.faces
+
+    @staticmethod
+    def _update(slot: _Slot, face: FaceLandmarks, t: float) -> _Slot:
+        points = slot.filter(face.points, t)
+        return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=FaceLandmarks(points=points, confidence=face.confidence))
+
+    @staticmethod
+    def _match(slots: Sequence[_Slot], faces: Sequence[FaceLandmarks]) -> dict[int, int]:
+        """Greedy nearest-centre matching (slot index -> face index), within half a face size."""
+        candidates = []
+        for i, slot in enumerate(slots):
+            centre, size = _centre(slot.raw_xy), _extent(slot.raw_xy)
+            for j, face in enumerate(faces):
+                dist = float(np.linalg.norm(_centre(face.xy) - centre))
+                if dist < 0.5 * size:
+                    candidates.append((dist, i, j))
+        pairs: dict[int, int] = {}
+        taken: set[int] = set()
+        for _, i, j in sorted(candidates):
+            if i not in pairs and j not in taken:
+                pairs[i] = j
+                taken.add(j)
+        return pairs
+
+
+def _same_face(tracked: FaceRoi, fresh: FaceRoi) -> bool:
+    """True when a fresh detection ROI describes the tracked face (close centre, similar size)."""
+    dist = np.hypot(tracked.center_x - fresh.center_x, tracked.center_y - fresh.center_y)
+    ratio = fresh.size / max(tracked.size, 1e-6)
+    return bool(dist < 0.15 * tracked.size and 0.7 < ratio < 1.4)
+
+
+def track_stream(detector: BlazeFaceDetector, landmarker: FaceMeshLandmarker, tracker: FaceTracker,
+                 frame: Image, t: float) -> list[FaceLandmarks]:
+    """One frame in-process: plan, detect if asked, mesh, observe; returns smoothed landmarks."""
+    plan = tracker.plan()
+    rois = plan.rois
+    if plan.detect:
+        dets = detector.detect([frame])[0]
+        if dets:
+            rois = tracker.rois_from_detections(dets)
+    raw = landmarker.landmarks([(frame, roi) for roi in rois]) if rois else []
+    return tracker.observe(raw, t, detected=plan.detect)
