@@ -1,4 +1,4 @@
-"""``mirage models fetch|verify|status``: provision, check and list model weights.
+"""``mirage models fetch|verify|status|compile``: provision, check and list model weights; compile TensorRT engines.
 
 ``mirage/cli.py`` mounts this with :func:`add_models_parser` and dispatches to
 :func:`run_models`; ``python -m mirage.cli_models`` runs it stand-alone. Errors
@@ -34,7 +34,7 @@ def add_models_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "MIRAGE_PROVISION_FRESH, MIRAGE_OFFLINE, MIRAGE_*_URL (see models/README.md).",
     )
     models.add_argument("--manifest", type=Path, default=None, help="model manifest (default: configs/models.yaml)")
-    actions = models.add_subparsers(dest="models_command", metavar="{fetch,verify,status}", required=True)
+    actions = models.add_subparsers(dest="models_command", metavar="{fetch,verify,status,compile}", required=True)
 
     fetch = actions.add_parser("fetch", help="download models (default: every downloadable model)")
     fetch.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (see `models status`)")
@@ -46,6 +46,10 @@ def add_models_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     status = actions.add_parser("status", help="table of models: stage, presence, size, verification, licence")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--embedded-only", action="store_true", help="check only the embedded models (exit 1 if missing)")
+
+    from mirage.cli_compile import add_compile_arguments
+
+    add_compile_arguments(actions.add_parser("compile", help="build TensorRT engines ahead of serving (GPU image)"))
     return models
 
 
@@ -125,6 +129,10 @@ def run_models(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     try:
         store = ModelStore(ProvisionConfig.from_env(), load_manifest(args.manifest))
+        if args.models_command == "compile":
+            from mirage.cli_compile import run_compile
+
+            return run_compile(args, store, out)
         handler = {"fetch": _fetch, "verify": _verify, "status": _status}[args.models_command]
         return handler(store, args, out)
     except MirageError as exc:

@@ -48,6 +48,10 @@ _ORT_DTYPES: dict[str, type[np.generic]] = {
 class OrtConfig:
     """How to build ONNX Runtime sessions.
 
+    ``allow_tensorrt`` is off by default: ONNX Runtime's TensorRT provider builds
+    engines inside the first ``run()``, i.e. in a frame's path; serving loads the
+    engines ``python -m mirage models compile`` built ahead of time instead
+    (mirage/runtime/select.py). ``allow_cuda`` off forces the CPU provider.
     ``trt_cache_dir`` holds compiled TensorRT engines (building one takes minutes, so
     it must survive restarts); ``trt_fp16`` lets TensorRT pick half-precision kernels.
     """
@@ -55,7 +59,8 @@ class OrtConfig:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     cuda_only: bool = False
-    allow_tensorrt: bool = True
+    allow_tensorrt: bool = False
+    allow_cuda: bool = True
     trt_cache_dir: Path | None = None
     trt_fp16: bool = False
 
@@ -99,7 +104,7 @@ def choose_providers(config: OrtConfig, available: Sequence[str] | None = None) 
         if config.trt_fp16:
             options["trt_fp16_enable"] = "True"
         chosen.append((TENSORRT, options) if options else TENSORRT)
-    if CUDA in have:
+    if CUDA in have and config.allow_cuda:
         chosen.append(CUDA)
     chosen.append(CPU)
     return chosen

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirage.detect.scrfd import ScrfdDetector
 from mirage.identity.arcface import ArcFaceEmbedder
 from mirage.errors import ModelUnavailableError
 from mirage.runtime.batch_rewrite import check_batch_equivalence, make_batch_dynamic
-from mirage.runtime.onnx import OrtConfig, OrtModel
+from mirage.runtime.onnx import OrtConfig
+from mirage.runtime.select import RuntimeChoice, RuntimeConfig, default_engine_dir, load_model
 from mirage.swap.inswapper import InSwapper, InSwapperIdentityBuilder
 from mirage.weights.provision import ModelStore, ProvisionConfig
 
@@ -30,6 +31,8 @@ INSWAPPER_NAMES = ("inswapper_128", "inswapper_128_fp16")
 class NeuralSwap:
     swapper: InSwapper
     identity_builder: InSwapperIdentityBuilder
+    #: What runs each model (TensorRT engine, CUDA or CPU) and why, for /debug/models.
+    runtimes: dict[str, RuntimeChoice] = field(default_factory=dict)
 
 
 def batch_dynamic_copy(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Path:
@@ -52,10 +55,18 @@ def batch_dynamic_copy(path: Path, input_shapes: Mapping[str, Sequence[int]] | N
     return target
 
 
-def load_neural_swap(store: ModelStore | None = None, ort: OrtConfig | None = None, *, dynamic: bool = True) -> NeuralSwap:
-    """SCRFD, ArcFace and the first provisioned InSwapper, ready to use."""
+def load_neural_swap(
+    store: ModelStore | None = None,
+    ort: OrtConfig | None = None,
+    runtime: RuntimeConfig | None = None,
+    *,
+    dynamic: bool = True,
+) -> NeuralSwap:
+    """SCRFD, ArcFace and the first provisioned InSwapper, each on the best runtime
+    available (a prebuilt TensorRT engine, CUDA, then CPU; see mirage/runtime/select.py)."""
     store = store or ModelStore(ProvisionConfig.from_env())
     ort = ort or OrtConfig.from_env()
+    runtime = runtime or RuntimeConfig.from_env()
     inswapper_path = None
     last_error: Exception | None = None
     for name in INSWAPPER_NAMES:
@@ -73,7 +84,12 @@ def load_neural_swap(store: ModelStore | None = None, ort: OrtConfig | None = No
     if dynamic:
         path = batch_dynamic_copy(path)
         scrfd_path = batch_dynamic_copy(scrfd_path, {"input.1": (1, 3, 640, 640)})
-    swapper = InSwapper(OrtModel(path, ort, name))
-    detector = ScrfdDetector(OrtModel(scrfd_path, ort, "scrfd_10g"))
-    embedder = ArcFaceEmbedder(OrtModel(arcface_path, ort, "arcface_w600k_r50"))
-    return NeuralSwap(swapper=swapper, identity_builder=InSwapperIdentityBuilder(detector, embedder, swapper))
+    engines = default_engine_dir(store.root)
+    swap_model, swap_choice = load_model(name, path, engines, runtime, ort)
+    scrfd_model, scrfd_choice = load_model("scrfd_10g", scrfd_path, engines, runtime, ort)
+    arcface_model, arcface_choice = load_model("arcface_w600k_r50", arcface_path, engines, runtime, ort)
+    swapper = InSwapper(swap_model)
+    detector = ScrfdDetector(scrfd_model)
+    embedder = ArcFaceEmbedder(arcface_model)
+    runtimes = {name: swap_choice, "scrfd_10g": scrfd_choice, "arcface_w600k_r50": arcface_choice}
+    return NeuralSwap(swapper=swapper, identity_builder=InSwapperIdentityBuilder(detector, embedder, swapper), runtimes=runtimes)

@@ -25,12 +25,15 @@ def names(providers: list) -> list[str]:
 
 
 def test_provider_order_is_tensorrt_cuda_cpu() -> None:
-    assert names(choose_providers(OrtConfig(), available=ALL)) == ALL
-    assert names(choose_providers(OrtConfig(), available=[CPU, CUDA, TENSORRT])) == ALL
+    assert names(choose_providers(OrtConfig(allow_tensorrt=True), available=ALL)) == ALL
+    assert names(choose_providers(OrtConfig(allow_tensorrt=True), available=[CPU, CUDA, TENSORRT])) == ALL
+    # By default no TensorRT provider: it would build engines inside the first frame.
+    assert names(choose_providers(OrtConfig(), available=ALL)) == [CUDA, CPU]
+    assert names(choose_providers(OrtConfig(allow_cuda=False), available=ALL)) == [CPU]
 
 
 def test_cuda_only_drops_tensorrt() -> None:
-    assert names(choose_providers(OrtConfig(cuda_only=True), available=ALL)) == [CUDA, CPU]
+    assert names(choose_providers(OrtConfig(cuda_only=True, allow_tensorrt=True), available=ALL)) == [CUDA, CPU]
     assert names(choose_providers(OrtConfig(allow_tensorrt=False), available=ALL)) == [CUDA, CPU]
 
 
@@ -40,7 +43,7 @@ def test_unknown_providers_are_ignored_and_cpu_is_always_last() -> None:
 
 
 def test_tensorrt_gets_its_engine_cache(tmp_path: Path) -> None:
-    first = choose_providers(OrtConfig(trt_cache_dir=tmp_path, trt_fp16=True), available=ALL)[0]
+    first = choose_providers(OrtConfig(trt_cache_dir=tmp_path, trt_fp16=True, allow_tensorrt=True), available=ALL)[0]
     assert isinstance(first, tuple) and first[0] == TENSORRT
     assert first[1]["trt_engine_cache_enable"] == "True"
     assert first[1]["trt_engine_cache_path"] == str(tmp_path)
