@@ -1,7 +1,8 @@
 """``python -m mirage`` (also the console script ``mirage``): one CLI for the library.
 
-Subcommands: ``swap`` (files), ``models`` (provisioning), ``dynamic-batch``
-(ONNX batch rewrite), ``load`` (served load client). Expected failures print
+Subcommands: ``swap`` (files), ``models`` (provisioning, TensorRT compile),
+``dynamic-batch`` (ONNX batch rewrite), ``load`` (served load client), ``cam``
+(desktop client: virtual camera and microphone). Expected failures print
 one sentence on stderr and exit non-zero; tracebacks are for bugs only.
 """
 
@@ -44,12 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     from mirage.cli_models import add_models_parser
 
     add_models_parser(sub)
-    try:
-        from mirage.client.load import add_load_parser
-    except ImportError:  # the client package is optional for the library alone
-        pass
-    else:
-        add_load_parser(sub)
+    from mirage.cam.cli import add_cam_parser
+    from mirage.client.load import add_load_parser
+
+    add_load_parser(sub)
+    add_cam_parser(sub)
     return parser
 
 
@@ -76,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mirage.client.load import run_load
 
             return run_load(args)
+        if args.command == "cam":
+            from mirage.cam.cli import run_cam
+
+            return run_cam(args)
     except MirageError as exc:
         print(f"mirage: {exc}", file=sys.stderr)
         return 1

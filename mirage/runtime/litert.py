@@ -16,8 +16,12 @@ queue hop, one lock for the whole batch).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,33 @@ import numpy.typing as npt
 from mirage.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while LiteRT allocates tensors.
+
+    LiteRT's C++ core prints "INFO: Created TensorFlow Lite XNNPACK delegate
+    for CPU." straight to fd 2 (no Python logging to configure), which would
+    break the CLI's one-sentence errors. Only model loading is wrapped.
+    """
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to silence
+            yield
+            return
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class LiteRTModel:
@@ -42,7 +73,8 @@ class LiteRTModel:
             raise ModelUnavailableError(f"The LiteRT model file {self.path} does not exist.")
         try:
             self._interpreter = Interpreter(model_path=str(self.path), num_threads=max(1, int(num_threads)))
-            self._interpreter.allocate_tensors()
+            with _quiet_native_stderr():
+                self._interpreter.allocate_tensors()
         except (RuntimeError, ValueError) as exc:
             raise ModelUnavailableError(f"The LiteRT model {self.path.name} could not be loaded: {exc}.") from exc
         inputs = self._interpreter.get_input_details()

@@ -1,0 +1,201 @@
+"""``python -m mirage load``: N concurrent client sessions against a served Mirage app.
+
+Each session sends the same source (a video file, an image directory, or by
+default the astronaut photo with scripted head motion), stamped with frame
+numbers, and measures what comes back. After a short warm-up (first keyframes,
+lazy model loads), each session is measured for ``--seconds``; the report is
+``{"sessions": [{"fps", "g2g_p50_ms", "g2g_p95_ms", "frames", "dropped",
+"errors", ...}], ...}``. The exit status is 1 when a session failed to connect
+or received no frame at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the parser is built on every CLI start: aiortc is imported only to run
+    from mirage.client.session import SessionOptions
+    from mirage.client.sources import VideoSource
+
+logger = logging.getLogger(__name__)
+
+
+def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``load`` subcommand on the CLI's subparsers."""
+    p = subparsers.add_parser("load", help="run N concurrent sessions against a served Mirage app and report fps/latency")
+    p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--reference", required=True, type=Path, help="reference photo (JPEG/PNG/WebP) to put on")
+    p.add_argument("--source", type=Path, default=None, help="video file or image directory to send (default: synthetic astronaut clip)")
+    p.add_argument("--sessions", type=int, default=1, help="concurrent sessions (default 1)")
+    p.add_argument("--seconds", type=float, default=30.0, help="measured seconds per session (default 30)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds after connecting that are not measured (default 2)")
+    p.add_argument("--json", dest="json_out", required=True, type=Path, help="where to write the JSON report")
+    p.add_argument("--api-key", default=None, help="API key when the server requires one (default: $MIRAGE_API_KEY)")
+    p.add_argument("--swapper", default="mesh", help="swapper to ask for (mesh or inswapper)")
+    p.add_argument("--max-faces", type=int, default=1)
+    p.add_argument("--fallback", default="blur", choices=["blur", "hold", "passthrough"])
+    p.add_argument("--fps", type=float, default=None, help="send rate (default: the source's)")
+    p.add_argument("--size", default="640x480", help="frame size of the default clip, WxH (default 640x480)")
+    p.add_argument("--audio", action="store_true", help="also send an audio track (a 440 Hz tone)")
+    p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for each session to come up")
+    return p
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """A load run, typed (the CLI's arguments after validation)."""
+
+    url: str
+    reference: bytes
+    source: VideoSource
+    sessions: int
+    seconds: float
+    warmup: float
+    options: SessionOptions
+    api_key: str | None = None
+    fps: float | None = None
+    audio: bool = False
+    connect_timeout_s: float = 60.0
+
+
+async def _one_session(plan: LoadPlan, index: int) -> dict[str, Any]:
+    from mirage.client.session import ClientConfig, MirageSession, SessionError, SessionRefused, SessionStats
+
+    config = ClientConfig(
+        url=plan.url,
+        reference=plan.reference,
+        source=plan.source,
+        api_key=plan.api_key,
+        options=plan.options,
+        audio=plan.audio,
+        tone_hz=440.0 if plan.audio else None,
+        fps=plan.fps,
+        connect_timeout_s=plan.connect_timeout_s,
+    )
+    session = MirageSession(config)
+    record: dict[str, Any] = {"index": index, "connected": False, "error": None, "code": None}
+    try:
+        await session.connect()
+    except SessionRefused as exc:
+        record.update(error=exc.message, code=exc.code)
+        record.update(SessionStats().summary())
+        return record
+    except SessionError as exc:
+        record.update(error=str(exc), code="connection_failed")
+        record.update(SessionStats().summary())
+        return record
+    record.update(connected=True, session_id=session.session_id, note=session.note)
+    try:
+        await _sleep_unless_ended(session, plan.warmup)
+        session.stats = SessionStats()  # measure only the steady state
+        await _sleep_unless_ended(session, plan.seconds)
+        if session.ended.is_set():
+            record["error"] = f"the session ended early (close code {session.close_code}: {session.close_reason or 'no reason'})"
+            session.stats.errors += 1
+    finally:
+        stats = session.stats
+        await session.close()
+    record.update(stats.summary())
+    record.update(
+        unstamped=stats.unstamped,
+        repeats=stats.repeats,
+        server_stats=session.server_stats,
+        server_errors=list(session.server_errors)[-5:],
+    )
+    return record
+
+
+async def _sleep_unless_ended(session: MirageSession, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(session.ended.wait(), max(seconds, 0.0))
+    except asyncio.TimeoutError:
+        pass
+
+
+async def run_plan(plan: LoadPlan) -> dict[str, Any]:
+    """Run all sessions concurrently; the report dict (also what ``--json`` writes)."""
+    started = time.time()
+    records = await asyncio.gather(*(_one_session(plan, i) for i in range(plan.sessions)))
+    return {
+        "url": plan.url,
+        "sessions": records,
+        "requested_sessions": plan.sessions,
+        "seconds": plan.seconds,
+        "warmup_s": plan.warmup,
+        "source_size": list(plan.source.size),
+        "source_fps": plan.fps or plan.source.fps,
+        "started_at": started,
+        "wall_s": round(time.time() - started, 2),
+    }
+
+
+def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
+    from mirage.client.session import SessionOptions
+    from mirage.client.sources import astronaut_source, open_source
+
+    if args.sessions < 1:
+        raise SystemExit("mirage load: --sessions must be at least 1")
+    if args.seconds <= 0:
+        raise SystemExit("mirage load: --seconds must be positive")
+    try:
+        reference = args.reference.read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"mirage load: cannot read the reference photo {args.reference}: {exc.strerror}") from None
+    try:
+        width, height = (int(v) for v in str(args.size).lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"mirage load: --size must look like 640x480 (got {args.size!r})") from None
+    fps = args.fps or 30.0
+    source = open_source(args.source, fps=args.fps) if args.source else astronaut_source(width, height, fps)
+    return LoadPlan(
+        url=args.url,
+        reference=reference,
+        source=source,
+        sessions=args.sessions,
+        seconds=args.seconds,
+        warmup=max(args.warmup, 0.0),
+        options=SessionOptions(swapper=args.swapper, max_faces=args.max_faces, fallback=args.fallback),
+        api_key=args.api_key or os.environ.get("MIRAGE_API_KEY") or None,
+        fps=args.fps,
+        audio=args.audio,
+        connect_timeout_s=args.connect_timeout,
+    )
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = [f"{'session':>7} {'fps':>6} {'p50 ms':>7} {'p95 ms':>7} {'frames':>6} {'dropped':>7} {'errors':>6}  status"]
+    for record in report["sessions"]:
+        def fmt(value: Any) -> str:
+            return "-" if value is None else f"{value}"
+
+        status = "ok" if record["connected"] and not record["error"] else (record["error"] or "failed")
+        lines.append(
+            f"{record['index']:>7} {fmt(record['fps']):>6} {fmt(record['g2g_p50_ms']):>7} {fmt(record['g2g_p95_ms']):>7} "
+            f"{record['frames']:>6} {record['dropped']:>7} {record['errors']:>6}  {status}"
+        )
+    return "\n".join(lines)
+
+
+def run_load(args: argparse.Namespace) -> int:
+    """Entry point of ``mirage load``; 0 when every session connected and received frames."""
+    plan = _plan_from_args(args)
+    report = asyncio.run(run_plan(plan))
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(report, indent=2, default=str))
+    print(_table(report))
+    failed = [r for r in report["sessions"] if not r["connected"] or r["frames"] == 0]
+    for record in failed:
+        reason = record["error"] or "no frame was received"
+        print(f"mirage load: session {record['index']} failed: {reason}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,127 @@
+"""aiortc tracks the client sends: a stamped video source and a silent/tone audio track."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import math
+import time
+from collections.abc import Iterator
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from mirage.client.stamp import MODULUS, stamp
+from mirage.client.sources import VideoSource
+from mirage.types import Image
+
+logger = logging.getLogger(__name__)
+
+VIDEO_CLOCK_RATE = 90_000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+
+
+class SendLedger:
+    """When each stamped frame number left the sender (monotonic seconds).
+
+    Keyed by the 16-bit stamp value; a frame number is overwritten when the
+    counter wraps (after 36 minutes at 30 fps), long after it could arrive.
+    """
+
+    def __init__(self) -> None:
+        self._sent: dict[int, float] = {}
+        self.count = 0
+        self.last_number: int | None = None
+
+    def record(self, number: int, t: float) -> None:
+        self._sent[number % MODULUS] = t
+        self.count += 1
+        self.last_number = number
+
+    def sent_at(self, stamp_value: int) -> float | None:
+        return self._sent.get(stamp_value % MODULUS)
+
+
+class StampedVideoTrack(MediaStreamTrack):
+    """Plays a :class:`VideoSource` at its frame rate with each frame's number stamped in.
+
+    Frame ``n`` (counting from 0) carries stamp ``n``; the ledger records when
+    aiortc took it (the moment it enters the encoder: the "glass").
+    Decoding/warping the next frame runs in a worker thread, off the event loop.
+    """
+
+    kind = "video"
+
+    def __init__(self, source: VideoSource, *, fps: float | None = None, ledger: SendLedger | None = None) -> None:
+        super().__init__()
+        self.source = source
+        self.fps = float(fps or source.fps)
+        self.ledger = ledger or SendLedger()
+        self._frames: Iterator[Image] = source.frames()
+        self._number = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            due = self._start + self._number / self.fps
+            if due > now:
+                await asyncio.sleep(due - now)
+            elif now - due > 1.0:
+                # We fell far behind (a stalled loop): restart the clock instead of bursting.
+                self._start = now - self._number / self.fps
+        image = await asyncio.to_thread(self._next_image)
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts = int(round(self._number * VIDEO_CLOCK_RATE / self.fps))
+        frame.time_base = VIDEO_TIME_BASE
+        self.ledger.record(self._number, time.monotonic())
+        self._number += 1
+        return frame
+
+    def _next_image(self) -> Image:
+        return stamp(next(self._frames), self._number)
+
+
+class ToneAudioTrack(MediaStreamTrack):
+    """20 ms frames of 48 kHz mono s16 audio: silence, or a sine tone at ``frequency`` Hz."""
+
+    kind = "audio"
+
+    def __init__(self, frequency: float | None = None, *, amplitude: float = 0.2, sample_rate: int = 48_000) -> None:
+        super().__init__()
+        self.frequency = frequency
+        self.amplitude = amplitude
+        self.sample_rate = sample_rate
+        self.samples = sample_rate // 50
+        self._sent = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            due = self._start + self._sent / self.sample_rate
+            if due > now:
+                await asyncio.sleep(due - now)
+        frame = av.AudioFrame.from_ndarray(self._chunk(), format="s16", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._sent
+        frame.time_base = fractions.Fraction(1, self.sample_rate)
+        self._sent += self.samples
+        return frame
+
+    def _chunk(self) -> np.ndarray:
+        if not self.frequency:
+            return np.zeros((1, self.samples), dtype=np.int16)
+        t = (self._sent + np.arange(self.samples)) / self.sample_rate
+        wave = self.amplitude * 32767.0 * np.sin(2.0 * math.pi * self.frequency * t)
+        return wave.astype(np.int16)[None, :]

@@ -1,0 +1,621 @@
+// Mirage web client: camera + reference photo → WebRTC session → swapped video.
+// Standard APIs only (Chromium and Firefox); no build step.
+// Protocol: GET config, then one WebSocket at ws/session carrying a non-trickle
+// offer + the reference; the answer comes back on it, then stats and events
+// once a second. Options go over the "control" data channel.
+"use strict";
+
+(() => {
+  const ACCEPTED_TYPES = ["image/jpeg", "image/png", "image/webp"];
+  const MAX_SIDE = 4096;
+  const ICE_GATHER_TIMEOUT_MS = 8000;
+  const CONNECT_TIMEOUT_MS = 30000;
+
+  // Plain-words messages per server error code (the server's own sentence is shown after them).
+  const CODE_MESSAGES = {
+    no_face: "No face was found in the reference photo. Choose a photo where one face is clearly visible.",
+    bad_reference: "The reference photo cannot be used.",
+    server_full: "The server is full right now. Please try again in a minute.",
+    unauthorized: "The API key was not accepted.",
+    bad_offer: "The browser's connection offer was refused.",
+    bad_request: "The server did not accept the request.",
+  };
+  const CLOSE_CODES = { 1013: "server_full", 4401: "unauthorized", 4400: "bad_request" };
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    reference: $("reference"), preview: $("reference-preview"), previewEmpty: $("reference-empty"),
+    referenceStatus: $("reference-status"), apiKeyField: $("api-key-field"), apiKey: $("api-key"),
+    swapper: $("swapper"), maxFaces: $("max-faces"), fallback: $("fallback"), mouthMask: $("mouth-mask"),
+    hearAudio: $("hear-audio"), controlStatus: $("control-status"), start: $("start"), stop: $("stop"),
+    status: $("status"), error: $("error"), notice: $("notice"), local: $("local"), remote: $("remote"),
+    ovFps: $("ov-fps"), ovLatency: $("ov-latency"), ovFaces: $("ov-faces"), ovState: $("ov-state"),
+    events: $("events"),
+  };
+
+  // Everything a test (or a curious person in the console) may want to read.
+  const state = {
+    phase: "loading", // loading | idle | connecting | live | error
+    config: null,
+    reference: null, // {b64, bytes, type, width, height}
+    stream: null, pc: null, ws: null, channel: null,
+    sessionId: null, serverStats: null, fps: 0, latencyMs: null, rttMs: null,
+    errors: [], events: [], acks: [],
+    nextId: 1, pending: new Map(), timers: [], refusal: null,
+  };
+  window.mirage = state;
+
+  // ------------------------------------------------------------------ messages
+
+  function setPhase(phase) {
+    state.phase = phase;
+    document.body.dataset.state = phase;
+    ui.ovState.textContent = phase;
+    const busy = phase === "connecting" || phase === "live";
+    ui.start.disabled = busy || phase === "loading" || !state.reference;
+    ui.stop.disabled = !busy;
+  }
+
+  function showError(text) {
+    state.errors.push(text);
+    ui.error.textContent = text;
+    ui.error.hidden = false;
+  }
+
+  function clearError() {
+    ui.error.hidden = true;
+    ui.error.textContent = "";
+  }
+
+  function showNotice(text) {
+    ui.notice.textContent = text;
+    ui.notice.hidden = !text;
+  }
+
+  function setStatus(text) {
+    ui.status.textContent = text;
+  }
+
+  function logEvent(text) {
+    state.events.push(text);
+    const item = document.createElement("li");
+    item.textContent = `${new Date().toLocaleTimeString()} — ${text}`;
+    ui.events.prepend(item);
+    while (ui.events.children.length > 50) ui.events.lastChild.remove();
+  }
+
+  function describeRefusal(code, message) {
+    const plain = CODE_MESSAGES[code];
+    if (plain && message && !plain.includes(message)) return `${plain} (${message})`;
+    return plain || message || "The server refused the session.";
+  }
+
+  // ------------------------------------------------------------------ config
+
+  async function loadConfig() {
+    let response;
+    try {
+      response = await fetch(new URL("config", document.baseURI), { cache: "no-store" });
+    } catch (err) {
+      throw new Error("Cannot reach the Mirage server. Check that it is running and reload the page.");
+    }
+    if (!response.ok) throw new Error(`The server's settings could not be loaded (HTTP ${response.status}).`);
+    return response.json();
+  }
+
+  function applyConfig(config) {
+    state.config = config;
+    const swappers = Array.isArray(config.swappers) && config.swappers.length ? config.swappers : ["mesh"];
+    ui.swapper.replaceChildren(...swappers.map((name) => new Option(name, name)));
+    const fallbacks = Array.isArray(config.fallbacks) ? config.fallbacks : null;
+    if (fallbacks) {
+      for (const option of Array.from(ui.fallback.options)) {
+        if (!fallbacks.includes(option.value)) option.remove();
+      }
+    }
+    if (config.default_fallback && Array.from(ui.fallback.options).some((o) => o.value === config.default_fallback)) {
+      ui.fallback.value = config.default_fallback;
+    }
+    if (Number.isInteger(config.max_faces_limit) && config.max_faces_limit >= 1) ui.maxFaces.max = String(config.max_faces_limit);
+    if (Number.isInteger(config.max_faces) && config.max_faces >= 1) ui.maxFaces.value = String(config.max_faces);
+    ui.apiKeyField.hidden = !config.require_api_key;
+  }
+
+  // ------------------------------------------------------------------ reference photo
+
+  function sniffType(bytes) {
+    if (bytes.length >= 3 && bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff) return "image/jpeg";
+    if (bytes.length >= 8 && [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a].every((b, i) => bytes[i] === b)) return "image/png";
+    if (bytes.length >= 12 && String.fromCharCode(...bytes.slice(0, 4)) === "RIFF" &&
+        String.fromCharCode(...bytes.slice(8, 12)) === "WEBP") return "image/webp";
+    return null;
+  }
+
+  function toBase64(bytes) {
+    let binary = "";
+    const chunk = 0x8000;
+    for (let i = 0; i < bytes.length; i += chunk) {
+      binary += String.fromCharCode.apply(null, bytes.subarray(i, i + chunk));
+    }
+    return btoa(binary);
+  }
+
+  function imageSize(url) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => resolve({ width: img.naturalWidth, height: img.naturalHeight });
+      img.onerror = () => reject(new Error("undecodable"));
+      img.src = url;
+    });
+  }
+
+  async function readReference(file) {
+    const maxBytes = (state.config && state.config.max_reference_bytes) || 10 * 1024 * 1024;
+    if (file.size === 0) throw new Error("The chosen file is empty.");
+    if (file.size > maxBytes) {
+      throw new Error(`The photo is too large (${(file.size / 1048576).toFixed(1)} MB); the limit is ${(maxBytes / 1048576).toFixed(0)} MB.`);
+    }
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    const type = sniffType(bytes);
+    if (!type || !ACCEPTED_TYPES.includes(type)) {
+      throw new Error("That file is not a JPEG, PNG or WebP photo.");
+    }
+    const url = URL.createObjectURL(new Blob([bytes], { type }));
+    let size;
+    try {
+      size = await imageSize(url);
+    } catch (err) {
+      URL.revokeObjectURL(url);
+      throw new Error("The photo could not be read: the file looks damaged.");
+    }
+    const maxSide = (state.config && state.config.max_reference_side) || MAX_SIDE;
+    if (size.width > maxSide || size.height > maxSide) {
+      URL.revokeObjectURL(url);
+      throw new Error(`The photo is ${size.width}×${size.height} pixels; at most ${maxSide}×${maxSide} is accepted.`);
+    }
+    return { b64: toBase64(bytes), bytes: bytes.length, type, url, ...size };
+  }
+
+  async function onReferenceChosen() {
+    const file = ui.reference.files && ui.reference.files[0];
+    if (!file) return;
+    ui.referenceStatus.textContent = "Checking the photo…";
+    ui.referenceStatus.className = "field-status";
+    let reference;
+    try {
+      reference = await readReference(file);
+    } catch (err) {
+      ui.referenceStatus.textContent = err.message;
+      ui.referenceStatus.className = "field-status bad";
+      showError(err.message);
+      return;
+    }
+    if (state.reference && state.reference.url) URL.revokeObjectURL(state.reference.url);
+    state.reference = reference;
+    ui.preview.src = reference.url;
+    ui.preview.hidden = false;
+    ui.previewEmpty.hidden = true;
+    ui.referenceStatus.textContent = `${reference.width}×${reference.height}, ${(reference.bytes / 1024).toFixed(0)} KB`;
+    ui.referenceStatus.className = "field-status good";
+    clearError();
+    if (state.phase === "live") {
+      sendControl({ type: "set_reference", reference_b64: reference.b64 }, "New reference photo");
+    } else {
+      setPhase(state.phase === "loading" ? "loading" : "idle");
+      setStatus("Ready: press Start.");
+    }
+  }
+
+  // ------------------------------------------------------------------ camera
+
+  async function openCamera() {
+    const maxFps = (state.config && state.config.max_fps) || 30;
+    const video = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: Math.min(30, maxFps), max: maxFps } };
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      throw new Error("This browser cannot share a camera here (the page must be opened over https or on localhost).");
+    }
+    try {
+      return await navigator.mediaDevices.getUserMedia({ video, audio: true });
+    } catch (first) {
+      // The microphone may be missing or refused on its own: try the camera alone.
+      try {
+        const stream = await navigator.mediaDevices.getUserMedia({ video });
+        showNotice("The microphone is not available: sending video only.");
+        return stream;
+      } catch (err) {
+        throw new Error(cameraMessage(err));
+      }
+    }
+  }
+
+  function cameraMessage(err) {
+    switch (err && err.name) {
+      case "NotAllowedError":
+      case "SecurityError":
+        return "Camera access was denied. Allow the camera for this site in the browser's settings, then press Start again.";
+      case "NotFoundError":
+      case "OverconstrainedError":
+        return "No camera was found. Connect a camera and press Start again.";
+      case "NotReadableError":
+      case "AbortError":
+        return "The camera could not be started: another application may be using it.";
+      default:
+        return `The camera could not be opened (${(err && err.message) || err}).`;
+    }
+  }
+
+  // ------------------------------------------------------------------ session
+
+  function options() {
+    const limit = parseInt(ui.maxFaces.max, 10) || 8;
+    const faces = Math.max(1, Math.min(limit, parseInt(ui.maxFaces.value, 10) || 1));
+    return {
+      swapper: ui.swapper.value,
+      max_faces: faces,
+      mouth_mask: ui.mouthMask.checked,
+      fallback: ui.fallback.value,
+    };
+  }
+
+  function waitForIceGathering(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        pc.removeEventListener("icegatheringstatechange", check);
+        clearTimeout(timer);
+        resolve();
+      };
+      const check = () => { if (pc.iceGatheringState === "complete") done(); };
+      // An unreachable STUN/TURN server can stall gathering: send what we have.
+      const timer = setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+      pc.addEventListener("icegatheringstatechange", check);
+    });
+  }
+
+  function preferH264(transceiver) {
+    if (!transceiver.setCodecPreferences || !window.RTCRtpReceiver || !RTCRtpReceiver.getCapabilities) return;
+    const caps = RTCRtpReceiver.getCapabilities("video");
+    if (!caps) return;
+    const h264 = caps.codecs.filter((c) => c.mimeType.toLowerCase() === "video/h264");
+    if (!h264.length) return;
+    const rest = caps.codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264");
+    try { transceiver.setCodecPreferences([...h264, ...rest]); } catch (err) { /* keep the default order */ }
+  }
+
+  function wsUrl() {
+    const url = new URL("ws/session", document.baseURI);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    return url.href;
+  }
+
+  async function start() {
+    if (!state.reference) {
+      showError("Choose a reference photo first.");
+      return;
+    }
+    if (state.config.require_api_key && !ui.apiKey.value.trim()) {
+      showError("This server requires an API key: enter it above.");
+      ui.apiKey.focus();
+      return;
+    }
+    clearError();
+    showNotice("");
+    state.refusal = null;
+    setPhase("connecting");
+    setStatus("Opening the camera…");
+    try {
+      state.stream = await openCamera();
+    } catch (err) {
+      fail(err.message);
+      return;
+    }
+    ui.local.srcObject = state.stream;
+
+    setStatus("Connecting…");
+    const config = state.config;
+    const pc = new RTCPeerConnection({
+      iceServers: config.ice_servers || [],
+      iceTransportPolicy: config.force_relay ? "relay" : "all",
+    });
+    state.pc = pc;
+    const remoteStream = new MediaStream();
+    ui.remote.srcObject = remoteStream;
+    pc.ontrack = (event) => {
+      remoteStream.addTrack(event.track);
+      if (event.track.kind === "video") watchRemoteVideo();
+    };
+    pc.oniceconnectionstatechange = () => {
+      // Browsers without connectionState (older Firefox) still report ICE.
+      if (pc.connectionState === undefined && state.phase === "connecting" &&
+          (pc.iceConnectionState === "connected" || pc.iceConnectionState === "completed")) goLive();
+      if (pc.connectionState === undefined && pc.iceConnectionState === "failed") {
+        fail("The video connection failed: the browser and the server could not reach each other (a firewall may block UDP).");
+      }
+    };
+    pc.onconnectionstatechange = () => {
+      logEvent(`connection ${pc.connectionState}`);
+      if (pc.connectionState === "connected" && state.phase === "connecting") goLive();
+      if (pc.connectionState === "failed") {
+        fail("The video connection failed: the browser and the server could not reach each other (a firewall may block UDP).");
+      }
+    };
+
+    const [videoTrack] = state.stream.getVideoTracks();
+    const videoTransceiver = pc.addTransceiver(videoTrack, { direction: "sendrecv", streams: [state.stream] });
+    if (config.prefer_h264) preferH264(videoTransceiver);
+    for (const track of state.stream.getAudioTracks()) {
+      pc.addTransceiver(track, { direction: "sendrecv", streams: [state.stream] });
+    }
+    const channel = pc.createDataChannel("control");
+    state.channel = channel;
+    channel.onmessage = (event) => onMessage(event.data);
+
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForIceGathering(pc);
+    } catch (err) {
+      fail(`The browser could not prepare the connection (${err.message}).`);
+      return;
+    }
+    if (state.pc !== pc) return; // stopped meanwhile
+
+    const ws = new WebSocket(wsUrl());
+    state.ws = ws;
+    ws.onopen = () => {
+      ws.send(JSON.stringify({
+        type: "offer",
+        sdp: pc.localDescription.sdp,
+        sdp_type: pc.localDescription.type,
+        reference_b64: state.reference.b64,
+        api_key: ui.apiKey.value.trim() || null,
+        options: options(),
+      }));
+      setStatus("Waiting for the server's answer…");
+    };
+    ws.onmessage = (event) => onMessage(event.data);
+    ws.onerror = () => { /* the close event follows with the code */ };
+    ws.onclose = (event) => onSocketClosed(ws, event);
+    state.timers.push(setTimeout(() => {
+      if (state.phase === "connecting" && state.pc === pc) {
+        fail("Connection failed: the server did not answer in time. Please try again.");
+      }
+    }, CONNECT_TIMEOUT_MS));
+  }
+
+  function onSocketClosed(ws, event) {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    if (state.phase !== "connecting" && state.phase !== "live") return;
+    if (state.refusal) {
+      fail(state.refusal);
+    } else if (CLOSE_CODES[event.code]) {
+      fail(describeRefusal(CLOSE_CODES[event.code], event.reason));
+    } else if (state.phase === "connecting") {
+      fail(`Connection failed: the server closed the connection (code ${event.code}${event.reason ? ": " + event.reason : ""}).`);
+    } else {
+      fail(`The session ended: the server closed the connection${event.reason ? " (" + event.reason + ")" : ""}.`);
+    }
+  }
+
+  async function onMessage(raw) {
+    let message;
+    try {
+      message = JSON.parse(raw);
+    } catch (err) {
+      return;
+    }
+    switch (message.type) {
+      case "answer":
+        if (!state.pc) return;
+        state.sessionId = message.session_id || null;
+        if (message.note) showNotice(message.note);
+        try {
+          await state.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+        } catch (err) {
+          fail(`Connection failed: the server's answer could not be used (${err.message}).`);
+          return;
+        }
+        setStatus("Answer received, connecting the video…");
+        logEvent(`session ${state.sessionId || "?"} answered`);
+        break;
+      case "error":
+        onServerError(message);
+        break;
+      case "stats":
+        state.serverStats = message;
+        renderOverlay();
+        break;
+      case "event":
+        logEvent(message.message || message.event);
+        break;
+      case "ack": {
+        const label = state.pending.get(message.id);
+        state.pending.delete(message.id);
+        state.acks.push(message);
+        ui.controlStatus.className = "field-status good";
+        ui.controlStatus.textContent = `${label || "Change"} applied.${message.note ? " " + message.note : ""}`;
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  function onServerError(message) {
+    const text = describeRefusal(message.code, message.message);
+    if (message.id !== undefined && message.id !== null && state.pending.has(message.id)) {
+      const label = state.pending.get(message.id);
+      state.pending.delete(message.id);
+      ui.controlStatus.className = "field-status bad";
+      ui.controlStatus.textContent = `${label} was refused: ${text}`;
+      state.errors.push(text);
+      return;
+    }
+    if (state.phase === "connecting") {
+      state.refusal = text; // the close that follows ends the attempt with this sentence
+      fail(text);
+      return;
+    }
+    state.errors.push(text);
+    ui.controlStatus.className = "field-status bad";
+    ui.controlStatus.textContent = text;
+  }
+
+  function goLive() {
+    frameCount = 0;
+    frameWindowStart = performance.now();
+    setPhase("live");
+    setStatus("Live.");
+    state.timers.push(setInterval(pollStats, 1000));
+  }
+
+  function sendControl(message, label) {
+    const id = state.nextId++;
+    const payload = JSON.stringify({ ...message, id });
+    state.pending.set(id, label);
+    ui.controlStatus.className = "field-status";
+    ui.controlStatus.textContent = `${label}: sending…`;
+    const channel = state.channel;
+    const limit = state.pc && state.pc.sctp ? state.pc.sctp.maxMessageSize : 65536;
+    // Large messages (a new photo) go over the WebSocket: data channel messages have a size limit.
+    if (channel && channel.readyState === "open" && payload.length <= limit) {
+      channel.send(payload);
+    } else if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+      state.ws.send(payload);
+    } else {
+      state.pending.delete(id);
+      ui.controlStatus.className = "field-status bad";
+      ui.controlStatus.textContent = `${label} could not be sent: the session is not connected.`;
+    }
+  }
+
+  function onOptionChanged(label) {
+    if (state.phase !== "live") return; // sent with the next offer
+    const opts = options();
+    sendControl({ type: "set_options", ...opts }, label);
+  }
+
+  // ------------------------------------------------------------------ measurements
+
+  let frameCount = 0;
+  let frameWindowStart = performance.now();
+
+  function watchRemoteVideo() {
+    const video = ui.remote;
+    if (typeof video.requestVideoFrameCallback === "function") {
+      const onFrame = () => {
+        frameCount += 1;
+        if (state.pc) video.requestVideoFrameCallback(onFrame);
+      };
+      video.requestVideoFrameCallback(onFrame);
+    }
+  }
+
+  async function pollStats() {
+    const pc = state.pc;
+    if (!pc) return;
+    const now = performance.now();
+    let statsFps = null;
+    let jitterMs = null;
+    let rttMs = null;
+    try {
+      const report = await pc.getStats();
+      report.forEach((entry) => {
+        if (entry.type === "inbound-rtp" && entry.kind === "video") {
+          if (typeof entry.framesPerSecond === "number") statsFps = entry.framesPerSecond;
+          if (entry.jitterBufferEmittedCount) jitterMs = (1000 * entry.jitterBufferDelay) / entry.jitterBufferEmittedCount;
+        }
+        if (entry.type === "candidate-pair" && entry.nominated && typeof entry.currentRoundTripTime === "number") {
+          rttMs = entry.currentRoundTripTime * 1000;
+        }
+      });
+    } catch (err) { /* stats are best effort */ }
+    const elapsed = (now - frameWindowStart) / 1000;
+    if (typeof ui.remote.requestVideoFrameCallback === "function" && elapsed > 0) {
+      state.fps = frameCount / elapsed;
+    } else if (statsFps !== null) {
+      state.fps = statsFps;
+    }
+    frameCount = 0;
+    frameWindowStart = now;
+    state.rttMs = rttMs;
+    // Estimate: server processing + network round trip + the browser's jitter buffer.
+    const server = state.serverStats && typeof state.serverStats.latency_ms === "number" ? state.serverStats.latency_ms : null;
+    state.latencyMs = server === null ? null : server + (rttMs || 0) + (jitterMs || 0);
+    renderOverlay();
+  }
+
+  function renderOverlay() {
+    ui.ovFps.textContent = `${state.fps.toFixed(1)} fps`;
+    ui.ovLatency.textContent = state.latencyMs === null ? "latency –" : `latency ≈ ${Math.round(state.latencyMs)} ms`;
+    const faces = state.serverStats ? state.serverStats.faces : null;
+    ui.ovFaces.textContent = `faces ${faces === null || faces === undefined ? "–" : faces}`;
+    ui.ovState.textContent = state.serverStats && state.serverStats.state ? state.serverStats.state : state.phase;
+  }
+
+  // ------------------------------------------------------------------ teardown
+
+  function teardown() {
+    for (const timer of state.timers) { clearTimeout(timer); clearInterval(timer); }
+    state.timers = [];
+    if (state.ws) {
+      const ws = state.ws;
+      state.ws = null;
+      try { ws.close(1000, "client stopped"); } catch (err) { /* already closed */ }
+    }
+    if (state.pc) {
+      try { state.pc.close(); } catch (err) { /* already closed */ }
+      state.pc = null;
+    }
+    state.channel = null;
+    if (state.stream) {
+      for (const track of state.stream.getTracks()) track.stop();
+      state.stream = null;
+    }
+    ui.local.srcObject = null;
+    ui.remote.srcObject = null;
+    state.pending.clear();
+    state.serverStats = null;
+    state.fps = 0;
+    state.latencyMs = null;
+    renderOverlay();
+  }
+
+  function fail(text) {
+    teardown();
+    showError(text);
+    setPhase("error");
+    setStatus("Stopped.");
+    // From "error" one can start again.
+    ui.start.disabled = !state.reference;
+  }
+
+  function stop() {
+    teardown();
+    setPhase("idle");
+    setStatus("Stopped. Press Start to go live again.");
+  }
+
+  // ------------------------------------------------------------------ wiring
+
+  ui.reference.addEventListener("change", onReferenceChosen);
+  ui.start.addEventListener("click", start);
+  ui.stop.addEventListener("click", stop);
+  ui.swapper.addEventListener("change", () => onOptionChanged("Swapper"));
+  ui.maxFaces.addEventListener("change", () => onOptionChanged("Faces to swap"));
+  ui.fallback.addEventListener("change", () => onOptionChanged("Fallback"));
+  ui.mouthMask.addEventListener("change", () => onOptionChanged("Mouth mask"));
+  ui.hearAudio.addEventListener("change", () => { ui.remote.muted = !ui.hearAudio.checked; });
+  window.addEventListener("pagehide", teardown);
+
+  loadConfig().then((config) => {
+    applyConfig(config);
+    setPhase("idle");
+    setStatus(state.reference ? "Ready: press Start." : "Choose a reference photo, then press Start.");
+  }).catch((err) => {
+    setPhase("error");
+    ui.start.disabled = true;
+    showError(err.message);
+    setStatus("Not connected to a server.");
+  });
+})();
