@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 import av
+import cv2
 import numpy as np
 
 from mirage.errors import InvalidImageError
@@ -54,7 +55,7 @@ def read_video_frames(path: Path) -> Iterator[tuple[Image, float]]:
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else 0.0
-                yield frame.to_ndarray(format="bgr24"), t
+                yield video_frame_to_bgr(frame), t
     except av.error.FFmpegError as exc:
         raise InvalidImageError(f"{path.name} could not be decoded ({type(exc).__name__}).") from None
 
@@ -82,7 +83,7 @@ class AtomicVideoWriter:
 
     def write(self, frame: Image) -> None:
         h, w = self._stream.height, self._stream.width
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="bgr24")
+        video_frame = bgr_to_video_frame(np.ascontiguousarray(frame[:h, :w]))
         for packet in self._stream.encode(video_frame):
             self._container.mux(packet)
 
@@ -119,3 +120,25 @@ def write_image_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def bgr_to_video_frame(image: Image) -> av.VideoFrame:
+    """A yuv420p ``av.VideoFrame`` from BGR pixels, converted by OpenCV.
+
+    PyAV's swscale path (``from_ndarray(..., "bgr24")`` then the encoder's
+    conversion) rounds BT.601 down: a grey of 64 comes back as 59 after one
+    BGR→YUV→BGR round trip, and every hop of the served path darkens the
+    picture again. OpenCV's I420 conversion is accurate to one level.
+    Odd sizes (which 4:2:0 cannot hold exactly) fall back to PyAV.
+    """
+    h, w = image.shape[:2]
+    if h % 2 or w % 2:
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+
+
+def video_frame_to_bgr(frame: av.VideoFrame) -> Image:
+    """BGR pixels of a decoded frame; yuv420p is converted by OpenCV (see bgr_to_video_frame)."""
+    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+    return np.ascontiguousarray(frame.to_ndarray(format="bgr24"))

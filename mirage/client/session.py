@@ -42,6 +42,7 @@ from mirage.client.stamp import MODULUS, frame_distance, read_stamp
 from mirage.client.tracks import SendLedger, StampedVideoTrack, ToneAudioTrack
 from mirage.errors import MirageError
 from mirage.types import Image
+from mirage.video import video_frame_to_bgr
 
 logger = logging.getLogger(__name__)
 
@@ -440,7 +441,7 @@ class MirageSession:
                 if sent is not None:
                     latency = (now - sent) * 1000.0
                     stats.latencies_ms.append(latency)
-            image = frame.to_ndarray(format="bgr24") if want_image else None
+            image = video_frame_to_bgr(frame) if want_image else None
             received = ReceivedFrame(number, image, now, latency, frame.pts, (frame.width, frame.height))
             self._first_frame.set()
             if self.config.keep_frames > 0:

@@ -20,6 +20,7 @@ import numpy as np
 
 from mirage.errors import InvalidImageError
 from mirage.types import Image
+from mirage.video import video_frame_to_bgr
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class FileSource:
             produced = 0
             with av.open(str(self._path)) as container:
                 for frame in container.decode(video=0):
-                    image = frame.to_ndarray(format="bgr24")
+                    image = video_frame_to_bgr(frame)
                     if (image.shape[1], image.shape[0]) != self._size:
                         image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
                     produced += 1

@@ -16,6 +16,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from mirage.client.stamp import MODULUS, stamp
 from mirage.client.sources import VideoSource
 from mirage.types import Image
+from mirage.video import bgr_to_video_frame
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class StampedVideoTrack(MediaStreamTrack):
                 # We fell far behind (a stalled loop): restart the clock instead of bursting.
                 self._start = now - self._number / self.fps
         image = await asyncio.to_thread(self._next_image)
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame = bgr_to_video_frame(image)
         frame.pts = int(round(self._number * VIDEO_CLOCK_RATE / self.fps))
         frame.time_base = VIDEO_TIME_BASE
         self.ledger.record(self._number, time.monotonic())

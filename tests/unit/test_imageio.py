@@ -79,3 +79,18 @@ def test_grayscale_and_rgba_are_converted_to_bgr() -> None:
 def test_missing_file_message_names_it(tmp_path: Path) -> None:
     with pytest.raises(InvalidImageError, match="No such file"):
         read_image_file(tmp_path / "nope.png")
+
+
+def test_video_frame_conversion_keeps_brightness() -> None:
+    """BGR -> yuv420p -> BGR through OpenCV: no systematic darkening (PyAV's swscale loses ~2 levels a trip)."""
+    from mirage.video import bgr_to_video_frame, video_frame_to_bgr
+    from tests.faces import astronaut_bgr
+
+    image = astronaut_bgr()
+    frame = bgr_to_video_frame(image)
+    assert frame.format.name == "yuv420p"
+    back = video_frame_to_bgr(frame)
+    assert back.shape == image.shape
+    assert abs(float((back.astype(int) - image.astype(int)).mean())) < 0.3
+    grey = np.full((32, 48, 3), 64, np.uint8)
+    assert np.abs(video_frame_to_bgr(bgr_to_video_frame(grey)).astype(int) - 64).max() <= 1

@@ -1,0 +1,1 @@
+"""Integration tests share the served app fixture registered in tests/conftest.py."""
