@@ -63,8 +63,10 @@ def camera_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ArraySo
     return path, source
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright_session() -> Iterator[object]:
+    """Package-scoped: Playwright's sync API keeps an event loop running in this
+    thread while it lives, which would break every later ``asyncio.run``."""
     _require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -82,7 +84,7 @@ def launch(playwright: object, camera: Path | None, *, allow_camera: bool = True
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_session: object, camera_clip: tuple[Path, ArraySource]) -> Iterator[object]:
     instance = launch(playwright_session, camera_clip[0])
     yield instance
