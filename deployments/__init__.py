@@ -1,0 +1,2 @@
+"""Ray Serve deployments, one per model stage: thin shells (batching, reconfigure,
+health checks, metrics) over the ``mirage`` library."""

@@ -1,0 +1,269 @@
+"""``FaceSwapper``: face swap batched across the faces of all sessions, and identity building.
+
+``swap`` takes one :class:`~deployments.types.SwapItem` (a face crop plus the
+session's identity) per call and runs them in batches, grouped by swapper.
+``prepare_identity`` turns a reference photo (bytes) into identity data: the
+photo is validated before decoding (size, magic bytes, declared dimensions),
+the largest face is used, and the photo never leaves memory. User errors come
+back as codes in an :class:`~deployments.types.IdentityReply`, never as
+tracebacks that could quote the input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from ray import serve
+
+from deployments.detector import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, BatchingConfig, run_batch
+from deployments.logs import enable_info_logs
+from deployments.metrics import BatchMetrics
+from deployments.types import SWAPPER_UNAVAILABLE, UNKNOWN_IDENTITY, IdentityReply, SwapItem, SwapResult
+from mirage.errors import InvalidImageError, MirageError, ModelUnavailableError, NoFaceError
+from mirage.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_SIDE, decode_image
+from mirage.pipeline import FacePipeline, PipelineConfig
+from mirage.swap.mesh import MeshSwapConfig, MeshSwapper
+from mirage.types import Identity, SwapperName
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SwapperConfig:
+    """Construction-time options of the swapper replica.
+
+    ``inswapper``: try to load InSwapper (when provisioned); a missing model
+    disables it with one log line, ``mesh`` always works.
+    ``reference_detector``: BlazeFace range used on reference photos.
+    """
+
+    mesh: MeshSwapConfig = field(default_factory=MeshSwapConfig)
+    inswapper: bool = True
+    reference_detector: Literal["short", "full"] = "short"
+    num_threads: int = 1
+    max_reference_bytes: int = DEFAULT_MAX_BYTES
+    max_reference_side: int = DEFAULT_MAX_SIDE
+
+
+def _load_inswapper() -> tuple[Any | None, str | None]:
+    """The neural swap path when its weights are already provisioned, else (None, reason).
+
+    Never downloads here (a replica must start fast and offline); provisioning
+    is ``python -m mirage models fetch`` or the start-up provisioning step.
+    """
+    try:
+        from mirage.swap.neural import INSWAPPER_NAMES, load_neural_swap
+        from mirage.weights.provision import ModelStore, ProvisionConfig
+    except ImportError as exc:
+        return None, f"the neural swap path is not installed ({type(exc).__name__})"
+    try:
+        store = ModelStore(ProvisionConfig.from_env())
+        needed = ["scrfd_10g", "arcface_w600k_r50"]
+        if not any(store.path(name).is_file() for name in INSWAPPER_NAMES):
+            return None, "InSwapper weights are not provisioned (python -m mirage models fetch inswapper_128)"
+        missing = [name for name in needed if not store.path(name).is_file()]
+        if missing:
+            return None, f"{', '.join(missing)} not provisioned (python -m mirage models fetch {' '.join(missing)})"
+        return load_neural_swap(store), None
+    except MirageError as exc:
+        return None, str(exc)
+
+
+class IdentityCache:
+    """Identities this replica was sent, by key, forgotten ``ttl_s`` after their last use.
+
+    Sessions send their identity with the first few swaps only, then just its
+    key; a replica that does not know a key answers UNKNOWN_IDENTITY and the
+    ingress resends it. The data never leaves memory, and an entry outlives its
+    session by at most ``ttl_s`` (the ingress also asks to forget it on close).
+    """
+
+    def __init__(self, ttl_s: float = 15.0, max_entries: int = 256, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl_s = ttl_s
+        self._max = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"IdentityCache({len(self._entries)} entries)"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _sweep(self, now: float) -> None:
+        while self._entries:
+            key, (_, used) = next(iter(self._entries.items()))
+            if now - used <= self._ttl_s and len(self._entries) <= self._max:
+                break
+            del self._entries[key]
+
+    def put(self, key: str, identity: Identity) -> None:
+        with self._lock:
+            now = self._clock()
+            self._entries[key] = (identity, now)
+            self._entries.move_to_end(key)
+            self._sweep(now)
+
+    def get(self, key: str) -> Identity | None:
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries[key] = (entry[0], now)
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+
+class SwapperCore:
+    """The swapper's logic without Ray: batched swap and identity building (also used in-process)."""
+
+    def __init__(self, config: SwapperConfig | None = None) -> None:
+        self.config = config or SwapperConfig()
+        self._mesh = MeshSwapper(self.config.mesh)
+        self.identities = IdentityCache()
+        self.inswapper, self.inswapper_reason = _load_inswapper() if self.config.inswapper else (None, "disabled")
+        if self.inswapper is None:
+            logger.info("InSwapper unavailable (%s); the mesh swapper serves every session", self.inswapper_reason)
+        # Identity building reuses the in-process pipeline's reference logic (largest face, padding retry).
+        self._identity_pipeline = FacePipeline(
+            PipelineConfig(
+                swapper="mesh",
+                detector_model=self.config.reference_detector,
+                mesh=self.config.mesh,
+                num_threads=self.config.num_threads,
+            ),
+            neural=self.inswapper,
+        )
+
+    def available_swappers(self) -> list[str]:
+        return ["mesh"] + (["inswapper"] if self.inswapper is not None else [])
+
+    def swap_batch(self, items: Sequence[SwapItem]) -> list[SwapResult]:
+        """Swap faces (from any sessions) grouped by swapper; per-item errors instead of exceptions."""
+        results: list[SwapResult] = [SwapResult(error=SWAPPER_UNAVAILABLE)] * len(items)
+        groups: dict[str, list[tuple[int, Identity]]] = {}
+        for index, item in enumerate(items):
+            if item.identity is not None:
+                self.identities.put(item.identity_key, item.identity)
+                identity: Identity | None = item.identity
+            else:
+                identity = self.identities.get(item.identity_key)
+            if identity is None:
+                results[index] = SwapResult(error=UNKNOWN_IDENTITY)
+                continue
+            groups.setdefault(item.swapper, []).append((index, identity))
+        for name, members in groups.items():
+            indices = [i for i, _ in members]
+            crops = [items[i].crop for i in indices]
+            identities = [identity for _, identity in members]
+            if name == "mesh":
+                out = self._mesh.swap(crops, identities, [items[i].options for i in indices])  # type: ignore[arg-type]
+            elif name == "inswapper" and self.inswapper is not None:
+                out = self.inswapper.swapper.swap(crops, identities)
+            else:
+                continue
+            for i, face in zip(indices, out, strict=True):
+                results[i] = SwapResult.pack(face)
+        return results
+
+    def build_identity(self, photo: bytes, swapper: str) -> IdentityReply:
+        """Reference photo bytes → identity, or a reply with an error code; never raises for bad input."""
+        if swapper not in ("mesh", "inswapper"):
+            return IdentityReply(code="bad_request", message=f"Unknown swapper {swapper[:20]!r}; use mesh or inswapper.")
+        if swapper == "inswapper" and self.inswapper is None:
+            return IdentityReply(
+                swapper="inswapper",
+                code="swapper_unavailable",
+                message=f"The inswapper swapper is not available on this server ({self.inswapper_reason}); use mesh.",
+            )
+        name: SwapperName = swapper  # type: ignore[assignment]
+        try:
+            image = decode_image(
+                photo, max_bytes=self.config.max_reference_bytes, max_side=self.config.max_reference_side
+            )
+            result = self._identity_pipeline.build_identity(image, name)
+        except InvalidImageError as exc:
+            return IdentityReply(swapper=name, code="bad_reference", message=str(exc))
+        except NoFaceError:
+            return IdentityReply(
+                swapper=name,
+                code="no_face",
+                message="No face was found in the reference photo; use a clear, front-facing photo of one person.",
+            )
+        except ModelUnavailableError as exc:
+            return IdentityReply(swapper=name, code="swapper_unavailable", message=str(exc))
+        except MirageError as exc:
+            # An expected library error we did not map: its message is written for people.
+            logger.warning("identity building failed: %s", type(exc).__name__)
+            return IdentityReply(swapper=name, code="bad_reference", message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - never let a traceback quoting the photo travel
+            logger.error("identity building crashed: %s", type(exc).__name__)
+            return IdentityReply(swapper=name, code="internal", message="The reference photo could not be processed.")
+        return IdentityReply(identity=result.identity, swapper=name, note=result.note, faces_found=result.faces_found)
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=4 * DEFAULT_MAX_BATCH_SIZE,
+    health_check_period_s=10.0,
+    health_check_timeout_s=30.0,
+)
+class FaceSwapper:
+    def __init__(self, config: SwapperConfig | None = None) -> None:
+        enable_info_logs()
+        self.core = SwapperCore(config)
+        self._metrics = BatchMetrics("swapper")
+        self._batching = BatchingConfig()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        cfg = BatchingConfig.model_validate(user_config or {})
+        self.swap.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
+        self.swap.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._batching = cfg
+        logger.info("FaceSwapper batching: max %d, wait %.1f ms", cfg.max_batch_size, cfg.batch_wait_timeout_s * 1000)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def swap(self, items: list[SwapItem]) -> list[SwapResult]:
+        return await run_batch(self._metrics, "swap", self.core.swap_batch, items)
+
+    def forget_identity(self, key: str) -> None:
+        """A session ended: drop its identity now rather than at the cache's expiry."""
+        self.core.identities.forget(key)
+
+    def available_swappers(self) -> list[str]:
+        return self.core.available_swappers()
+
+    async def prepare_identity(self, photo: bytes, swapper: str = "mesh") -> IdentityReply:
+        """Reference photo bytes → identity data for ``swapper`` (``mesh`` or ``inswapper``)."""
+        start = time.perf_counter()
+        reply = await asyncio.to_thread(self.core.build_identity, photo, swapper)
+        self._metrics.record("prepare_identity", 1, (time.perf_counter() - start) * 1000.0, reply.code != "internal")
+        return reply
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            "deployment": "FaceSwapper",
+            "swappers": self.core.available_swappers(),
+            "inswapper_reason": self.core.inswapper_reason,
+            "cached_identities": len(self.core.identities),
+            "batching": self._batching.model_dump(),
+            "methods": self._metrics.snapshot(),
+        }
+
+    async def check_health(self) -> None:
+        if not await self.swap._is_batching_task_alive():  # type: ignore[attr-defined]
+            raise RuntimeError("the swap batching loop is not running")

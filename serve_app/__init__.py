@@ -1,0 +1,1 @@
+"""The served application: app builder, FastAPI/WebRTC ingress, sessions, per-frame orchestration."""

@@ -1,0 +1,218 @@
+"""The application builder: typed args (``serve_config.yaml``'s ``args``) → a Serve Application.
+
+``serve run serve_config.yaml`` imports ``serve_app.app:build_app`` and
+validates ``args`` into :class:`AppArgs`. ``MIRAGE_*`` environment variables
+(read once here, in the process that builds the app) override the matching
+settings, as the original product documented them.
+
+Resources: every deployment asks for a fraction of a CPU. Ray reserves one
+CPU per replica by default, and on a 2-core machine three replicas would then
+never all start (the app stays in STARTING).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from ray.serve import Application
+
+from deployments.detector import DetectorConfig, FaceDetector
+from deployments.swapper import FaceSwapper, SwapperConfig
+from mirage.swap.mesh import MeshSwapConfig
+from serve_app.ingress import IngressConfig, MirageIngress
+from serve_app.settings import AuthSettings, FallbackPolicy, IceSettings, SessionSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentArgs(_Args):
+    """Serve options common to every deployment."""
+
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, gt=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    #: Serve's autoscaling_config (replaces num_replicas when set).
+    autoscaling_config: dict[str, Any] | None = None
+
+    def serve_options(self, default_max_ongoing: int) -> dict[str, Any]:
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            actor["num_gpus"] = self.num_gpus
+        opts: dict[str, Any] = {
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests or default_max_ongoing,
+        }
+        if self.autoscaling_config:
+            opts["autoscaling_config"] = self.autoscaling_config
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class BatchedArgs(DeploymentArgs):
+    """A deployment with ``@serve.batch`` methods; batching goes to ``user_config``."""
+
+    num_cpus: float = Field(0.4, gt=0.0)
+    max_batch_size: int = Field(8, ge=1, le=64)
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ongoing_fits_batches(self) -> BatchedArgs:
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least max_batch_size "
+                f"({self.max_batch_size}), or batches can never fill"
+            )
+        return self
+
+    def user_config(self) -> dict[str, Any]:
+        return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
+
+    def default_max_ongoing(self, batched_methods: int) -> int:
+        """Room for one running and one forming batch per batched method."""
+        return 2 * self.max_batch_size * batched_methods
+
+
+class DetectorArgs(BatchedArgs):
+    model: Literal["short", "full"] = "short"
+    score_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    num_threads: int = Field(1, ge=1)
+
+
+class SwapperArgs(BatchedArgs):
+    inswapper: bool = True
+    crop_size: int = Field(256, ge=64, le=1024)
+    reference_detector: Literal["short", "full"] = "short"
+    num_threads: int = Field(1, ge=1)
+
+
+class IngressArgs(DeploymentArgs):
+    """The ingress: its own session cap, and ``max_ongoing_requests`` above it for the other routes."""
+
+    max_sessions_per_replica: int = Field(4, ge=1)
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _headroom(self) -> IngressArgs:
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests <= self.max_sessions_per_replica:
+            raise ValueError(
+                f"ingress max_ongoing_requests ({self.max_ongoing_requests}) must exceed max_sessions_per_replica "
+                f"({self.max_sessions_per_replica}): open sessions would otherwise block /health and the page"
+            )
+        return self
+
+    def default_max_ongoing(self) -> int:
+        return self.max_sessions_per_replica + 16
+
+
+class SessionArgs(_Args):
+    """Per-session behaviour (env: MIRAGE_MAX_FACES, MIRAGE_BADGE, MIRAGE_FALLBACK override these)."""
+
+    max_side: int = Field(512, ge=64, le=4096)
+    max_fps: int = Field(30, ge=1, le=120)
+    inflight: int = Field(2, ge=1, le=8)
+    deadline_ms: float = Field(250.0, gt=0.0)
+    max_faces: int = Field(1, ge=1, le=8)
+    badge: bool = True
+    fallback: FallbackPolicy = "blur"
+    hold_s: float = Field(0.5, ge=0.0)
+    idle_timeout_s: float = Field(10.0, gt=0.0)
+    detect_every: int = Field(10, ge=1)
+    audio_sync: bool = True
+
+
+class AppArgs(_Args):
+    """Everything ``serve_config.yaml`` can say about the app (all optional)."""
+
+    detector: DetectorArgs = DetectorArgs()
+    swapper: SwapperArgs = SwapperArgs()
+    ingress: IngressArgs = IngressArgs()
+    session: SessionArgs = SessionArgs()
+    #: ICE/auth normally come from MIRAGE_* variables; these are defaults they override.
+    stun_urls: list[str] = []
+    require_api_key: bool = False
+    api_key: SecretStr | None = None
+
+    def base_settings(self) -> Settings:
+        s = self.session
+        session = SessionSettings(
+            max_sessions_per_replica=self.ingress.max_sessions_per_replica,
+            max_side=s.max_side,
+            max_fps=s.max_fps,
+            inflight=s.inflight,
+            deadline_ms=s.deadline_ms,
+            max_faces=s.max_faces,
+            badge=s.badge,
+            fallback=s.fallback,
+            hold_s=s.hold_s,
+            idle_timeout_s=s.idle_timeout_s,
+            detect_every=s.detect_every,
+            audio_sync=s.audio_sync,
+        )
+        return Settings(
+            ice=IceSettings(stun_urls=tuple(self.stun_urls)),
+            auth=AuthSettings(
+                api_key=self.api_key.get_secret_value() if self.api_key else None,
+                require_api_key=self.require_api_key,
+            ),
+            session=session,
+        )
+
+
+def build_app(args: AppArgs) -> Application:
+    """The Mirage application: ingress → (FaceDetector, FaceSwapper)."""
+    if isinstance(args, dict):  # called directly with a plain dict
+        args = AppArgs.model_validate(args)
+    settings = Settings.from_env(base=args.base_settings())
+    # MIRAGE_MAX_SESSIONS_PER_REPLICA may have changed the cap: keep the ingress headroom consistent.
+    ingress_args = args.ingress
+    cap = settings.session.max_sessions_per_replica
+    if cap != ingress_args.max_sessions_per_replica:
+        ingress_args = ingress_args.model_copy(update={"max_sessions_per_replica": cap})
+    max_ongoing = ingress_args.max_ongoing_requests or ingress_args.default_max_ongoing()
+    if max_ongoing <= cap:
+        raise ValueError(f"ingress max_ongoing_requests ({max_ongoing}) must exceed the session cap ({cap})")
+
+    d = args.detector
+    detector = FaceDetector.options(
+        name="FaceDetector", user_config=d.user_config(), **d.serve_options(d.default_max_ongoing(2))
+    ).bind(DetectorConfig(model=d.model, score_threshold=d.score_threshold, num_threads=d.num_threads))
+
+    w = args.swapper
+    mesh = MeshSwapConfig(crop_size=w.crop_size)
+    swapper = FaceSwapper.options(
+        name="FaceSwapper", user_config=w.user_config(), **w.serve_options(w.default_max_ongoing(1))
+    ).bind(
+        SwapperConfig(
+            mesh=mesh,
+            inswapper=w.inswapper,
+            reference_detector=w.reference_detector,
+            num_threads=w.num_threads,
+            max_reference_bytes=settings.session.max_reference_bytes,
+            max_reference_side=settings.session.max_reference_side,
+        )
+    )
+
+    ingress_opts = ingress_args.serve_options(max_ongoing)
+    ingress = MirageIngress.options(
+        name="MirageIngress",
+        graceful_shutdown_timeout_s=ingress_args.graceful_shutdown_timeout_s,
+        **ingress_opts,
+    ).bind(detector, swapper, settings, IngressConfig(detector_model=d.model, mesh=mesh))
+    logger.info(
+        "Mirage app: %d session(s) per ingress replica (max_ongoing_requests %d), detector %s, badge %s, fallback %s",
+        cap,
+        max_ongoing,
+        d.model,
+        "on" if settings.session.badge else "off",
+        settings.session.fallback,
+    )
+    return ingress
+

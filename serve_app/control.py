@@ -1,0 +1,186 @@
+"""Session and control messages (JSON text), validated with pydantic.
+
+The same control schema travels over the WebRTC data channel ``control`` and
+over the session WebSocket. Anything malformed becomes a :class:`ControlError`
+carrying a code and one sentence for the client; the session lives on.
+
+A data channel message is limited by SCTP's advertised maximum (64 KiB with
+aiortc), so clients send a large new reference photo over the WebSocket.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from serve_app.settings import FallbackPolicy
+
+SwapperChoice = Literal["mesh", "inswapper"]
+
+#: Longest SDP we accept (a full offer with audio, video and data is ~5 kB).
+MAX_SDP_CHARS = 200_000
+#: Longest text message parsed at all (the server's WebSocket frame limit is 16 MiB); the
+#: reference photo's own limit (10 MB) is checked afterwards, with its own message.
+MAX_MESSAGE_CHARS = 16 * 1024 * 1024
+
+_DATA_URL_RE = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+
+
+class ControlError(Exception):
+    """A message the server cannot act on; ``code`` and ``message`` go back to the client."""
+
+    def __init__(self, code: str, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SessionOptions(_Strict):
+    """Per-session options; ``None`` means the server's default (``MIRAGE_MAX_FACES``, ``MIRAGE_FALLBACK``)."""
+
+    swapper: SwapperChoice = "mesh"
+    max_faces: Annotated[int, Field(ge=1, le=8)] | None = None
+    mouth_mask: bool = False
+    fallback: FallbackPolicy | None = None
+
+
+class OfferMessage(_Strict):
+    type: Literal["offer"]
+    sdp: Annotated[str, Field(min_length=1, max_length=MAX_SDP_CHARS)]
+    sdp_type: Literal["offer"] = "offer"
+    reference_b64: Annotated[str, Field(min_length=1)]
+    api_key: str | None = Field(default=None, repr=False)
+    options: SessionOptions = SessionOptions()
+
+
+class SetReference(_Strict):
+    type: Literal["set_reference"]
+    id: int | None = None
+    reference_b64: Annotated[str, Field(min_length=1)]
+
+
+class SetOptions(_Strict):
+    type: Literal["set_options"]
+    id: int | None = None
+    swapper: SwapperChoice | None = None
+    max_faces: Annotated[int, Field(ge=1, le=8)] | None = None
+    mouth_mask: bool | None = None
+    fallback: FallbackPolicy | None = None
+
+
+class Ping(_Strict):
+    type: Literal["ping"]
+    id: int | None = None
+
+
+ControlMessage = Annotated[Union[SetReference, SetOptions, Ping], Field(discriminator="type")]
+_CONTROL = TypeAdapter(ControlMessage)
+CONTROL_TYPES = ("set_reference", "set_options", "ping")
+
+
+def _load_json(text: str | bytes) -> dict[str, Any]:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ControlError("bad_request", "Messages must be UTF-8 JSON text.") from None
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ControlError("bad_request", "The message is too large.")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ControlError("bad_request", "The message is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ControlError("bad_request", "The message must be a JSON object with a \"type\".")
+    return data
+
+
+def _request_id(data: dict[str, Any]) -> int | None:
+    value = data.get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _explain(exc: ValidationError) -> str:
+    """One sentence naming the first bad field, without echoing the (possibly huge) input."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int)) or "message"
+    return f"Invalid {where}: {first.get('msg', 'bad value')}."
+
+
+def parse_control(text: str | bytes) -> SetReference | SetOptions | Ping:
+    """A control message from the data channel or the WebSocket."""
+    data = _load_json(text)
+    rid = _request_id(data)
+    kind = data.get("type")
+    if kind not in CONTROL_TYPES:
+        raise ControlError(
+            "bad_request", f"Unknown message type {str(kind)[:40]!r}; expected one of {', '.join(CONTROL_TYPES)}.", rid
+        )
+    try:
+        return _CONTROL.validate_python(data)
+    except ValidationError as exc:
+        raise ControlError("bad_request", _explain(exc), rid) from None
+
+
+def parse_offer(text: str | bytes) -> OfferMessage:
+    """The first message of a session."""
+    data = _load_json(text)
+    if data.get("type") != "offer":
+        raise ControlError("bad_request", "The first message of a session must be {\"type\": \"offer\", ...}.")
+    try:
+        return OfferMessage.model_validate(data)
+    except ValidationError as exc:
+        code = "bad_offer" if any(e.get("loc", ("",))[0] in ("sdp", "sdp_type") for e in exc.errors()) else "bad_request"
+        raise ControlError(code, _explain(exc)) from None
+
+
+def decode_reference(reference_b64: str, max_bytes: int) -> bytes:
+    """Base64 (optionally a ``data:`` URL) to bytes, refusing oversize input before decoding it."""
+    payload = _DATA_URL_RE.sub("", reference_b64.strip(), count=1)
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise ControlError(
+            "bad_reference", f"The reference photo is larger than {max_bytes // (1024 * 1024)} MB; choose a smaller photo."
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ControlError("bad_reference", "The reference photo is not valid base64 data.") from None
+    if not data:
+        raise ControlError("bad_reference", "The reference photo is empty.")
+    if len(data) > max_bytes:
+        raise ControlError(
+            "bad_reference", f"The reference photo is larger than {max_bytes // (1024 * 1024)} MB; choose a smaller photo."
+        )
+    return data
+
+
+# --- server -> client -----------------------------------------------------------------
+
+
+def error_message(code: str, message: str, request_id: int | None = None) -> dict[str, Any]:
+    return {"type": "error", "id": request_id, "code": code, "message": message}
+
+
+def ack_message(request_id: int | None, note: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "ack", "id": request_id}
+    if note:
+        out["note"] = note
+    return out
+
+
+def event_message(event: str, message: str) -> dict[str, Any]:
+    return {"type": "event", "event": event, "message": message}
+
+
+def answer_message(sdp: str, session_id: str, note: str | None) -> dict[str, Any]:
+    return {"type": "answer", "sdp": sdp, "sdp_type": "answer", "session_id": session_id, "note": note}

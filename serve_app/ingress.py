@@ -1,0 +1,373 @@
+"""The FastAPI ingress deployment: sessions over WebSocket + WebRTC, JSON endpoints, the web page.
+
+Routes (README lists them for users):
+  WS  /ws/session                      one session (offer → answer → stats/events until closed)
+  GET /health, /metrics, /metrics/pacing, /metrics/stage_histogram, /metrics/deployments,
+      /gpu, /debug/models, /config, /webrtc/ping
+  GET /webrtc/debug_state              sessions, states, loop exceptions (API key when required)
+  POST /webrtc/sessions/{id}/control   a control message for a session (API key when required)
+  DELETE /webrtc/sessions/{id}         end a session (API key when required)
+  GET /                                the static web client (serve_app/static/)
+"""
+
+# No ``from __future__ import annotations`` here: Serve's class-based view rewrites the route
+# signatures, and FastAPI must see real classes (Request, WebSocket), not strings it cannot resolve.
+
+import asyncio
+import logging
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from ray import serve
+
+from deployments.logs import enable_info_logs
+from mirage.swap.mesh import MeshSwapConfig
+from serve_app.auth import key_from_headers, rejection_message
+from serve_app.drain import DrainWatcher
+from serve_app.ice import ice_server_dicts
+from serve_app.metrics import RayFrameMetrics, RollingStats
+from serve_app.orchestrator import FramePreparer, ServeModelClient
+from serve_app.sessions import (
+    SHUTDOWN_REASON,
+    SessionContext,
+    SessionRegistry,
+    open_peer_connections,
+    serve_session,
+)
+from serve_app.settings import FALLBACK_POLICIES, Settings
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: How long ``__del__`` waits for sessions to close after asking them to end.
+SHUTDOWN_WAIT_S = 5.0
+
+app = FastAPI(title="Mirage", description="Real-time face swap over WebRTC on Ray Serve.")
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    """Construction-time options of the ingress (besides :class:`Settings`)."""
+
+    detector_model: str = "short"
+    mesh: MeshSwapConfig = field(default_factory=MeshSwapConfig)
+    opencv_threads: int = 1
+
+
+def gpu_report(timeout_s: float = 5.0) -> dict[str, Any]:
+    """GPU presence and memory from nvidia-smi, or a clear "no GPU"."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {"available": False, "message": "No GPU: nvidia-smi is not installed; Mirage runs on the CPU."}
+    query = "name,memory.total,memory.used,memory.free,utilization.gpu"
+    try:
+        out = subprocess.run(
+            [exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        return {"available": False, "message": f"No usable GPU: nvidia-smi failed ({type(exc).__name__})."}
+    gpus = []
+    for index, line in enumerate(l for l in out.splitlines() if l.strip()):
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 5:
+            continue
+
+        def num(value: str) -> float | None:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+
+        gpus.append(
+            {
+                "index": index,
+                "name": parts[0],
+                "memory_total_mb": num(parts[1]),
+                "memory_used_mb": num(parts[2]),
+                "memory_free_mb": num(parts[3]),
+                "utilization_pct": num(parts[4]),
+            }
+        )
+    if not gpus:
+        return {"available": False, "message": "No GPU: nvidia-smi lists none."}
+    return {"available": True, "count": len(gpus), "gpus": gpus}
+
+
+def models_report(swappers: list[str]) -> dict[str, Any]:
+    """``/debug/models``: the model store's view (presence, size, licence, sentinel, storage)."""
+    from mirage.weights.manifest import load_manifest
+    from mirage.weights.provision import ModelStore, ProvisionConfig
+
+    store = ModelStore(ProvisionConfig.from_env(), load_manifest())
+    snapshot = store.debug_snapshot()
+    snapshot["pipeline"] = {"swappers": swappers}
+    try:
+        import onnxruntime
+
+        snapshot["pipeline"]["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        snapshot["pipeline"]["onnxruntime_providers"] = []
+    return snapshot
+
+
+def static_response(path: str, root: Path = STATIC_DIR) -> Response:
+    """A file of the web client, ``index.html`` for directories, 404 for anything outside ``root``."""
+    if not path or path.endswith("/"):
+        path = f"{path}index.html"
+    base = root.resolve()
+    target = (base / path).resolve()
+    if not target.is_relative_to(base):
+        return JSONResponse({"detail": "Not found."}, status_code=404)
+    if target.is_file():
+        return FileResponse(target)
+    if path == "index.html":
+        return HTMLResponse(
+            "<!doctype html><title>Mirage</title><p>Mirage is running, but the web client is not installed "
+            "(serve_app/static/index.html is missing). JSON endpoints: /health, /metrics, /config.</p>"
+        )
+    return JSONResponse({"detail": "Not found."}, status_code=404)
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=32,
+    graceful_shutdown_timeout_s=20.0,
+    graceful_shutdown_wait_loop_s=1.0,
+)
+@serve.ingress(app)
+class MirageIngress:
+    def __init__(self, detector: Any, swapper: Any, settings: Settings, config: IngressConfig | None = None) -> None:
+        enable_info_logs()
+        self.config = config or IngressConfig()
+        self.settings = settings
+        cv2.setNumThreads(max(1, self.config.opencv_threads))
+        self.stats = RollingStats(target_fps=settings.session.max_fps)
+        self.sink = RayFrameMetrics()
+        self.registry = SessionRegistry(settings.session.max_sessions_per_replica)
+        self.models = ServeModelClient(detector, swapper)
+        self._detector = detector
+        self._swapper = swapper
+        self.ctx = SessionContext(
+            settings=settings,
+            models=self.models,
+            preparer=FramePreparer(self.config.detector_model, self.config.mesh),
+            stats=self.stats,
+            sink=self.sink,
+        )
+        self.loop_exceptions = 0
+        self._hooked_loop: asyncio.AbstractEventLoop | None = None
+        self.drain = DrainWatcher(
+            active=lambda: self.registry.count > 0,
+            on_drain=lambda: self.registry.end_all(SHUTDOWN_REASON),
+        )
+        self._swappers: list[str] | None = None
+        try:
+            self._hook_loop()
+        except RuntimeError:
+            pass  # no running loop yet: hooked at the first request
+        logger.info(
+            "Mirage ingress ready: %d sessions per replica, ICE servers: %d, auth %s",
+            self.registry.capacity,
+            len(ice_server_dicts(settings.ice)),
+            "required" if settings.auth.require_api_key else "off",
+        )
+
+    # --- housekeeping ---------------------------------------------------------------
+    def _hook_loop(self) -> None:
+        """Count (and log) every exception that reaches the event loop unhandled."""
+        loop = asyncio.get_running_loop()
+        if self._hooked_loop is loop:
+            return
+        previous = loop.get_exception_handler()
+
+        def handler(the_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            self.loop_exceptions += 1
+            exc = context.get("exception")
+            logger.error(
+                "unhandled event-loop exception #%d: %s (%s)",
+                self.loop_exceptions,
+                context.get("message", ""),
+                type(exc).__name__ if exc is not None else "no exception object",
+            )
+            if previous is not None:
+                previous(the_loop, context)
+            else:
+                the_loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+        # aiortc encodes and decodes in the loop's default executor, and our frame work runs
+        # there too (asyncio.to_thread): size it for the session cap so nothing queues behind it.
+        workers = 8 + 4 * self.registry.capacity
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirage"))
+        self._hooked_loop = loop
+        self.drain.start()
+
+    def _require_key(self, request: Request) -> None:
+        refusal = rejection_message(self.settings.auth, key_from_headers(request.headers))
+        if refusal is not None:
+            raise HTTPException(status_code=401, detail=refusal)
+
+    async def _available_swappers(self) -> list[str]:
+        if self._swappers is None:
+            try:
+                self._swappers = list(await asyncio.wait_for(self.models.available_swappers(), 10.0))
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("could not ask the swapper for its swappers (%s)", type(exc).__name__)
+                return ["mesh"]
+        return self._swappers
+
+    def _sessions_changed(self) -> None:
+        self.sink.sessions(self.registry.count)
+
+    async def __del__(self) -> None:
+        """Graceful shutdown: end every session cleanly (close 1001, peer connection closed)."""
+        await self.drain.stop()
+        self.registry.end_all(SHUTDOWN_REASON)
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_WAIT_S
+        while self.registry.count and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+
+    # --- sessions ---------------------------------------------------------------------
+    @app.websocket("/ws/session")
+    async def ws_session(self, websocket: WebSocket) -> None:
+        self._hook_loop()
+        await serve_session(
+            websocket,
+            self.ctx,
+            self.registry,
+            key_from_headers(websocket.headers),
+            on_change=self._sessions_changed,
+        )
+
+    @app.post("/webrtc/sessions/{session_id}/control")
+    async def session_control(self, session_id: str, request: Request) -> JSONResponse:
+        self._hook_loop()
+        self._require_key(request)
+        session = self.registry.get(session_id)
+        if session is None:
+            raise HTTPException(status_code=404, detail="No such session on this replica.")
+        body = await request.body()
+        reply = await session.handle_control(body)
+        status = 200 if reply.get("type") == "ack" else 400
+        return JSONResponse(reply, status_code=status)
+
+    @app.delete("/webrtc/sessions/{session_id}")
+    async def end_session(self, session_id: str, request: Request) -> dict[str, Any]:
+        self._require_key(request)
+        session = self.registry.get(session_id)
+        if session is None:
+            raise HTTPException(status_code=404, detail="No such session on this replica.")
+        session.end("ended by an operator")
+        return {"ok": True, "session_id": session_id}
+
+    # --- JSON endpoints -----------------------------------------------------------------
+    @app.get("/health")
+    async def health(self) -> dict[str, Any]:
+        self._hook_loop()
+        return {
+            "status": "ok",
+            "sessions": self.registry.count,
+            "capacity": self.registry.capacity,
+            "accepting": self.registry.accepting,
+        }
+
+    @app.get("/metrics")
+    async def metrics(self) -> dict[str, Any]:
+        return self.stats.snapshot(sessions=self.registry.count)
+
+    @app.get("/metrics/pacing")
+    async def pacing(self) -> dict[str, Any]:
+        return self.stats.pacing()
+
+    @app.get("/metrics/stage_histogram")
+    async def stage_histogram(self) -> dict[str, Any]:
+        return self.stats.stage_histogram()
+
+    @app.get("/metrics/deployments")
+    async def deployment_stats(self) -> dict[str, Any]:
+        """Batch statistics of the model deployments (the replica each call reaches)."""
+        out: dict[str, Any] = {}
+        for name, handle in (("detector", self._detector), ("swapper", self._swapper)):
+            try:
+                out[name] = await asyncio.wait_for(handle.stats.remote(), 10.0)
+            except Exception as exc:  # noqa: BLE001
+                out[name] = {"error": f"unavailable ({type(exc).__name__})"}
+        return out
+
+    @app.get("/gpu")
+    async def gpu(self) -> dict[str, Any]:
+        return await asyncio.to_thread(gpu_report)
+
+    @app.get("/debug/models")
+    async def debug_models(self) -> JSONResponse:
+        swappers = await self._available_swappers()
+        try:
+            body = await asyncio.to_thread(models_report, swappers)
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse({"error": f"model store unavailable: {exc}", "pipeline": {"swappers": swappers}}, 500)
+        return JSONResponse(body)
+
+    @app.get("/config")
+    async def client_config(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "ice_servers": ice_server_dicts(s.ice),
+            "force_relay": s.ice.force_relay,
+            "prefer_h264": s.ice.prefer_h264,
+            "max_fps": s.session.max_fps,
+            "max_side": s.session.max_side,
+            "swappers": await self._available_swappers(),
+            "fallbacks": list(FALLBACK_POLICIES),
+            "default_fallback": s.session.fallback,
+            "max_faces": s.session.max_faces,
+            "max_faces_limit": s.session.max_faces_limit,
+            "badge": s.session.badge,
+            "require_api_key": s.auth.require_api_key,
+            "max_reference_bytes": s.session.max_reference_bytes,
+            "max_reference_side": s.session.max_reference_side,
+        }
+
+    @app.get("/webrtc/ping")
+    async def webrtc_ping(self) -> dict[str, Any]:
+        ice = self.settings.ice
+        return {
+            "ok": True,
+            "accepting": self.registry.accepting and self.registry.count < self.registry.capacity,
+            "sessions": self.registry.count,
+            "capacity": self.registry.capacity,
+            "stun_configured": bool(ice.stun_urls),
+            "turn_configured": bool(ice.turn_urls),
+            "force_relay": ice.force_relay,
+        }
+
+    @app.get("/webrtc/debug_state")
+    async def debug_state(self, request: Request) -> dict[str, Any]:
+        self._hook_loop()
+        self._require_key(request)
+        return {
+            "sessions": self.registry.describe(),
+            "session_count": self.registry.count,
+            "capacity": self.registry.capacity,
+            "accepting": self.registry.accepting,
+            "total_started": self.registry.total_started,
+            "total_refused": self.registry.total_refused,
+            "open_peer_connections": open_peer_connections(),
+            "loop_exceptions": self.loop_exceptions,
+            "loop_tasks": len(asyncio.all_tasks()),
+        }
+
+    # Last route: everything else is the static web client (files owned by the web client's authors).
+    @app.get("/{path:path}", include_in_schema=False)
+    async def static_files(self, path: str) -> Response:
+        return static_response(path)

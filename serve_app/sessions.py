@@ -1,0 +1,557 @@
+"""Sessions: one WebSocket + one RTCPeerConnection per user, on the replica that owns them.
+
+A session lives exactly as long as its WebSocket request (which Serve counts
+as an ongoing request, so autoscaling and draining follow sessions). The
+registry enforces this replica's own cap *before* any heavy work and refuses
+beyond it at once (close 1013). Either side closing, the peer connection
+failing, or the camera going silent for ``idle_timeout_s`` ends the session;
+everything it started (tasks, tracks, the peer connection) is torn down.
+
+Privacy: the reference photo and identity data live only in the session's
+memory; nothing here logs them or puts them in a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+import weakref
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from mirage.client.jitter import use_marker_frames
+from mirage.types import SwapOptions
+from serve_app.auth import rejection_message
+from serve_app.control import (
+    ControlError,
+    Ping,
+    SetOptions,
+    SetReference,
+    ack_message,
+    answer_message,
+    decode_reference,
+    error_message,
+    event_message,
+    parse_control,
+    parse_offer,
+)
+from serve_app.ice import has_receivable_video, prefer_codec, rtc_configuration
+from serve_app.media import DelayedAudioTrack, LatestFramePump, OrderedVideoTrack, cancel_and_wait
+from serve_app.metrics import FrameMetricsSink, FrameRecord, NullSink, RollingStats
+from serve_app.orchestrator import FramePreparer, FrameProcessor, ModelClient, SessionControls, VideoLoop
+from serve_app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+
+#: Why sessions end when the replica shuts down (closed with 1001 "going away").
+SHUTDOWN_REASON = "server shutting down"
+#: How long building an identity from a reference photo may take.
+IDENTITY_TIMEOUT_S = 20.0
+
+#: Every peer connection this process created (weakly held), to report leaks.
+_ALL_PEER_CONNECTIONS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+
+
+def open_peer_connections() -> int:
+    """Peer connections created here that are not closed yet."""
+    return sum(1 for pc in list(_ALL_PEER_CONNECTIONS) if pc.connectionState != "closed")
+
+
+@dataclass
+class SessionContext:
+    """What every session of one replica shares."""
+
+    settings: Settings
+    models: ModelClient
+    preparer: FramePreparer
+    stats: RollingStats
+    sink: FrameMetricsSink = field(default_factory=NullSink)
+
+
+@dataclass
+class SessionCounters:
+    frames_out: int = 0
+    latency_ema_ms: float = 0.0
+    faces_last: int = 0
+    fallback_frames: int = 0
+    control_errors: int = 0
+
+    def record(self, rec: FrameRecord) -> None:
+        self.frames_out += 1
+        total = float(rec.stages_ms.get("total", 0.0))
+        self.latency_ema_ms = total if self.frames_out == 1 else self.latency_ema_ms + 0.1 * (total - self.latency_ema_ms)
+        self.faces_last = rec.faces
+        if rec.fallback is not None:
+            self.fallback_frames += 1
+
+
+class Session:
+    """One user's live session on this replica."""
+
+    def __init__(self, session_id: str, ctx: SessionContext, controls: SessionControls, reference: bytes) -> None:
+        self.id = session_id
+        self._ctx = ctx
+        self._settings = ctx.settings.session
+        self.controls = controls
+        self._reference = reference  # kept in memory only, to rebuild identity on a swapper change
+        self.created = time.time()
+        self.state = "negotiating"
+        self.end_reason: str | None = None
+        self.ended = asyncio.Event()
+        self.counters = SessionCounters()
+        self._pc = RTCPeerConnection(configuration=rtc_configuration(ctx.settings.ice))
+        _ALL_PEER_CONNECTIONS.add(self._pc)
+        self._video_in: Any = None
+        self._audio_in: Any = None
+        self._video_out: OrderedVideoTrack | None = None
+        self._audio_out: DelayedAudioTrack | None = None
+        self._pump: LatestFramePump | None = None
+        self._processor: FrameProcessor | None = None
+        self._loop: VideoLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._control_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+        self._media_started_at: float | None = None
+        self._wire_peer_connection()
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, state={self.state!r})"
+
+    # --- peer connection -------------------------------------------------------------
+    def _wire_peer_connection(self) -> None:
+        pc = self._pc
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected" and self.state in ("negotiating", "connecting"):
+                self.state = "active"
+            elif state in ("failed", "closed"):
+                self.end(f"peer connection {state}")
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "video" and self._video_in is None:
+                self._video_in = track
+            elif track.kind == "audio" and self._audio_in is None:
+                self._audio_in = track
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if channel.label != "control":
+                return
+
+            @channel.on("message")
+            def on_message(message: Any) -> None:
+                self.spawn(self._on_channel_message(channel, message))
+
+    async def negotiate(self, offer_sdp: str) -> str:
+        """Apply the client's (non-trickle) offer; return the answer SDP with all candidates."""
+        sdp = prefer_codec(offer_sdp, "video", "H264") if self._ctx.settings.ice.prefer_h264 else offer_sdp
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors on bad SDP
+            logger.info("session %s: offer rejected (%s)", self.id, type(exc).__name__)
+            raise ControlError("bad_offer", "The SDP offer is malformed or uses nothing this server supports.") from None
+        if self._video_in is None:
+            raise ControlError("bad_offer", "The offer has no camera video; send a sendrecv video track.")
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.kind == "video":
+                # Decode each camera frame on its last packet, not when the next frame starts (-1 frame of latency).
+                use_marker_frames(transceiver.receiver)
+        self._video_out = OrderedVideoTrack(window=self._settings.inflight)
+        self._pc.addTrack(self._video_out)
+        if self._audio_in is not None:
+            delay = (lambda: self.counters.latency_ema_ms / 1000.0) if self._settings.audio_sync else (lambda: 0.0)
+            self._audio_out = DelayedAudioTrack(self._audio_in, delay)
+            self._pc.addTrack(self._audio_out)
+        try:
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - e.g. directions or codecs that cannot be answered
+            logger.info("session %s: no answer possible (%s)", self.id, type(exc).__name__)
+            raise ControlError("bad_offer", "The server cannot answer this offer (no common codec or direction).") from None
+        self.state = "connecting"
+        return self._pc.localDescription.sdp
+
+    def start_media(self) -> None:
+        """Start the latest-frame pump and the per-frame loop."""
+        assert self._video_out is not None
+        stats, sink = self._ctx.stats, self._ctx.sink
+
+        def on_drop(count: int) -> None:
+            stats.record_dropped(count)
+            sink.dropped(count)
+
+        def on_frame(rec: FrameRecord) -> None:
+            self.counters.record(rec)
+            stats.record_frame(rec)
+            sink.frame(rec)
+
+        self._pump = LatestFramePump(self._video_in, on_drop=on_drop)
+        self._pump.start()
+        self._processor = FrameProcessor(self._ctx.models, self._ctx.preparer, self._settings, self.controls)
+        self._loop = VideoLoop(self._pump, self._processor, self._video_out, self._settings.max_side, on_frame)
+        self._media_started_at = time.monotonic()
+        self.spawn(self._run_loop())
+
+    async def _run_loop(self) -> None:
+        assert self._loop is not None
+        await self._loop.run()
+        self.end("camera track ended")
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A task owned by this session: cancelled and awaited when it closes."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def end(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.ended.set()
+
+    def _forget(self, key: str) -> None:
+        """Ask a swapper replica to drop an identity now (the others expire it within seconds)."""
+        if not key:
+            return
+
+        async def forget() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ctx.models.forget_identity(key), 2.0)
+
+        self.spawn(forget())
+
+    # --- control ----------------------------------------------------------------------
+    async def _on_channel_message(self, channel: Any, message: Any) -> None:
+        reply = await self.handle_control(message)
+        if channel.readyState == "open":
+            with contextlib.suppress(Exception):
+                channel.send(json.dumps(reply))
+
+    async def handle_control(self, message: str | bytes) -> dict[str, Any]:
+        """Apply one control message; the reply is an ack or an error (never an exception)."""
+        try:
+            msg = parse_control(message)
+            async with self._control_lock:
+                return await self._apply(msg)
+        except ControlError as exc:
+            self.counters.control_errors += 1
+            return error_message(exc.code, exc.message, exc.request_id)
+        except Exception as exc:  # noqa: BLE001 - the session lives on
+            self.counters.control_errors += 1
+            logger.warning("session %s: control message failed (%s)", self.id, type(exc).__name__)
+            return error_message("internal", "The server could not apply this message.")
+
+    async def identity_for(self, photo: bytes, swapper: str, request_id: int | None) -> tuple[Any, str | None]:
+        try:
+            reply = await asyncio.wait_for(self._ctx.models.prepare_identity(photo, swapper), IDENTITY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ControlError("busy", "Preparing the reference photo took too long; try again.", request_id) from None
+        if not reply.ok:
+            raise ControlError(reply.code or "bad_reference", reply.message or "The reference photo was refused.", request_id)
+        return reply.identity, reply.note
+
+    async def _apply(self, msg: SetReference | SetOptions | Ping) -> dict[str, Any]:
+        if isinstance(msg, Ping):
+            return ack_message(msg.id)
+        if isinstance(msg, SetReference):
+            try:
+                photo = decode_reference(msg.reference_b64, self._settings.max_reference_bytes)
+            except ControlError as exc:
+                raise ControlError(exc.code, exc.message, msg.id) from None
+            identity, note = await self.identity_for(photo, self.controls.swapper, msg.id)
+            self._forget(self.controls.set_identity(identity))
+            self._reference = photo
+            return ack_message(msg.id, note)
+        # SetOptions
+        note = None
+        if msg.swapper is not None and msg.swapper != self.controls.swapper:
+            identity, note = await self.identity_for(self._reference, msg.swapper, msg.id)
+            self._forget(self.controls.set_identity(identity))
+            self.controls.swapper = msg.swapper
+        if msg.max_faces is not None:
+            if msg.max_faces > self._settings.max_faces_limit:
+                raise ControlError("bad_request", f"max_faces is limited to {self._settings.max_faces_limit}.", msg.id)
+            if self._processor is not None:
+                self._processor.set_max_faces(msg.max_faces)
+            else:
+                self.controls.max_faces = msg.max_faces
+        if msg.mouth_mask is not None:
+            self.controls.options = SwapOptions(mouth_mask=msg.mouth_mask, coverage=self.controls.options.coverage)
+        if msg.fallback is not None:
+            self.controls.fallback = msg.fallback
+        return ack_message(msg.id, note)
+
+    # --- the session request ------------------------------------------------------------
+    async def send(self, ws: Any, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await ws.send_text(json.dumps(message))
+
+    async def run(self, ws: Any) -> str:
+        """Serve the open WebSocket until the session ends; returns why it ended."""
+        tasks = [
+            asyncio.ensure_future(self._ws_receiver(ws)),
+            asyncio.ensure_future(self._stats_sender(ws)),
+            asyncio.ensure_future(self._watchdog()),
+        ]
+        try:
+            await self.ended.wait()
+        finally:
+            await cancel_and_wait(tasks)
+        return self.end_reason or "ended"
+
+    async def _ws_receiver(self, ws: Any) -> None:
+        try:
+            while True:
+                message = await ws.receive()
+                if message.get("type") == "websocket.disconnect":
+                    self.end("client closed the session")
+                    return
+                payload = message.get("text")
+                if payload is None:
+                    payload = message.get("bytes") or b""
+                reply = await self.handle_control(payload)
+                await self.send(ws, reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken socket ends the session
+            self.end(f"websocket error ({type(exc).__name__})")
+
+    def stats_message(self, dt: float, frames_in_delta: int, frames_out_delta: int) -> dict[str, Any]:
+        pump = self._pump
+        return {
+            "type": "stats",
+            "fps_in": round(frames_in_delta / dt, 2) if dt > 0 else 0.0,
+            "fps_out": round(frames_out_delta / dt, 2) if dt > 0 else 0.0,
+            "latency_ms": round(self.counters.latency_ema_ms, 1),
+            "faces": self.counters.faces_last,
+            "dropped": pump.dropped if pump else 0,
+            "fallback_frames": self.counters.fallback_frames,
+            "state": self.state,
+        }
+
+    async def _stats_sender(self, ws: Any) -> None:
+        interval = self._settings.stats_interval_s
+        last_t = time.monotonic()
+        last_in = last_out = 0
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                now = time.monotonic()
+                frames_in = self._pump.received if self._pump else 0
+                frames_out = self.counters.frames_out
+                await self.send(ws, self.stats_message(now - last_t, frames_in - last_in, frames_out - last_out))
+                last_t, last_in, last_out = now, frames_in, frames_out
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.end(f"websocket error ({type(exc).__name__})")
+
+    async def _watchdog(self) -> None:
+        """Reap a session whose camera went silent (a vanished client) or that never connected."""
+        timeout = self._settings.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            if self._pump is not None:
+                last = self._pump.last_frame_at if self._pump.received else (self._media_started_at or now)
+                if now - last > timeout:
+                    self.end(f"no video from the client for {timeout:.0f} s")
+                    return
+
+    async def close(self) -> None:
+        """Tear everything down; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self.state = "closing"
+        self.end(self.end_reason or "closed")
+        if self._pump is not None:
+            await self._pump.stop()
+        if self._video_out is not None:
+            self._video_out.stop()
+        if self._audio_out is not None:
+            self._audio_out.stop()
+        await cancel_and_wait(list(self._tasks))
+        try:
+            await self._pc.close()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("session %s: closing the peer connection failed (%s)", self.id, type(exc).__name__)
+        key = self.controls.set_identity(None)
+        self._reference = b""
+        if key:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ctx.models.forget_identity(key), 2.0)
+        self.state = "closed"
+
+    def describe(self) -> dict[str, Any]:
+        """For ``/webrtc/debug_state``: state and counters, no identity data."""
+        pump = self._pump
+        return {
+            "id": self.id,
+            "state": self.state,
+            "connection_state": self._pc.connectionState,
+            "ice_connection_state": self._pc.iceConnectionState,
+            "age_s": round(time.time() - self.created, 1),
+            "swapper": self.controls.swapper,
+            "max_faces": self.controls.max_faces,
+            "fallback": self.controls.fallback,
+            "mouth_mask": self.controls.options.mouth_mask,
+            "has_audio": self._audio_in is not None,
+            "frames_in": pump.received if pump else 0,
+            "frames_out": self.counters.frames_out,
+            "dropped": pump.dropped if pump else 0,
+            "fallback_frames": self.counters.fallback_frames,
+            "latency_ms": round(self.counters.latency_ema_ms, 1),
+            "faces": self.counters.faces_last,
+            "control_errors": self.counters.control_errors,
+            "tasks": len(self._tasks),
+        }
+
+
+class SessionRegistry:
+    """This replica's sessions and its cap (slots are reserved before any heavy work)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._reserved: set[str] = set()
+        self._sessions: dict[str, Session] = {}
+        self.accepting = True
+        self.total_started = 0
+        self.total_refused = 0
+
+    def reserve(self) -> str | None:
+        """A new session id, or None when the replica is full (or shutting down)."""
+        if not self.accepting or len(self._reserved) >= self.capacity:
+            self.total_refused += 1
+            return None
+        session_id = secrets.token_urlsafe(9)
+        self._reserved.add(session_id)
+        self.total_started += 1
+        return session_id
+
+    def attach(self, session: Session) -> None:
+        self._sessions[session.id] = session
+
+    def release(self, session_id: str) -> None:
+        self._reserved.discard(session_id)
+        self._sessions.pop(session_id, None)
+
+    @property
+    def count(self) -> int:
+        return len(self._reserved)
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [s.describe() for s in self.sessions()]
+
+    def end_all(self, reason: str) -> None:
+        """Ask every session to end (their requests then close their sockets and peer connections)."""
+        self.accepting = False
+        for session in self.sessions():
+            session.end(reason)
+
+
+async def _send_error(ws: Any, code: str, message: str, close_code: int) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_text(json.dumps(error_message(code, message)))
+    with contextlib.suppress(Exception):
+        await ws.close(code=close_code, reason=message[:120])
+
+
+def _close_code_for(code: str) -> int:
+    return CLOSE_UNAUTHORIZED if code == "unauthorized" else CLOSE_BAD_REQUEST
+
+
+async def serve_session(
+    ws: Any,
+    ctx: SessionContext,
+    registry: SessionRegistry,
+    header_key: str | None,
+    on_change: Callable[[], None] | None = None,
+) -> None:
+    """The whole life of one ``/ws/session`` request (protocol: see the served-app contract)."""
+    await ws.accept()
+    session_id = registry.reserve()
+    if session_id is None:
+        ctx.sink.refused("server_full")
+        why = "is shutting down" if not registry.accepting else f"is at capacity ({registry.capacity} sessions)"
+        await _send_error(ws, "server_full", f"The server {why}; please try again later.", CLOSE_TRY_AGAIN_LATER)
+        return
+    if on_change:
+        on_change()
+    settings = ctx.settings
+    session: Session | None = None
+    try:
+        try:
+            first = await asyncio.wait_for(ws.receive(), settings.session.offer_timeout_s)
+        except asyncio.TimeoutError:
+            raise ControlError("bad_request", f"No offer arrived within {settings.session.offer_timeout_s:.0f} s.") from None
+        if first.get("type") == "websocket.disconnect":
+            return
+        offer = parse_offer(first.get("text") if first.get("text") is not None else (first.get("bytes") or b""))
+        refusal = rejection_message(settings.auth, header_key or offer.api_key)
+        if refusal is not None:
+            ctx.sink.refused("unauthorized")
+            raise ControlError("unauthorized", refusal)
+        if not has_receivable_video(offer.sdp):
+            raise ControlError("bad_offer", "The offer has no camera video; send a sendrecv video track.")
+        photo = decode_reference(offer.reference_b64, settings.session.max_reference_bytes)
+        max_faces = offer.options.max_faces or settings.session.max_faces
+        if max_faces > settings.session.max_faces_limit:
+            raise ControlError("bad_request", f"max_faces is limited to {settings.session.max_faces_limit}.")
+        controls = SessionControls(
+            swapper=offer.options.swapper,
+            max_faces=max_faces,
+            options=SwapOptions(mouth_mask=offer.options.mouth_mask),
+            fallback=offer.options.fallback or settings.session.fallback,
+        )
+        session = Session(session_id, ctx, controls, photo)
+        registry.attach(session)
+        identity, note = await session.identity_for(photo, controls.swapper, None)
+        controls.set_identity(identity)
+        answer_sdp = await session.negotiate(offer.sdp)
+        await session.send(ws, answer_message(answer_sdp, session_id, note))
+        session.start_media()
+        logger.info("session %s started (%s swapper, fallback %s)", session_id, controls.swapper, controls.fallback)
+        reason = await session.run(ws)
+        logger.info("session %s ended: %s", session_id, reason)
+        code = CLOSE_GOING_AWAY if reason == SHUTDOWN_REASON else CLOSE_NORMAL
+        if code == CLOSE_GOING_AWAY:
+            with contextlib.suppress(Exception):
+                await session.send(ws, event_message("server_shutdown", "The server is restarting; reconnect to continue."))
+        with contextlib.suppress(Exception):
+            await ws.close(code=code, reason=reason[:120])
+    except ControlError as exc:
+        await _send_error(ws, exc.code, exc.message, _close_code_for(exc.code))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - never an unhandled exception out of a session
+        logger.exception("session %s failed (%s)", session_id, type(exc).__name__)
+        await _send_error(ws, "internal", "The server could not start this session.", 1011)
+    finally:
+        if session is not None:
+            await session.close()
+        registry.release(session_id)
+        if on_change:
+            on_change()

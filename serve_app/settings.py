@@ -1,0 +1,173 @@
+"""Typed settings of the served application, and where the environment enters.
+
+Only :meth:`Settings.from_env` reads ``MIRAGE_*`` variables (once, in the
+process that builds the application); everything below receives the typed
+values. The names and meanings follow the original product's README.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
+
+logger = logging.getLogger(__name__)
+
+FallbackPolicy = Literal["blur", "hold", "passthrough"]
+FALLBACK_POLICIES: tuple[str, ...] = get_args(FallbackPolicy)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A boolean variable: 1/true/yes/on or 0/false/no/off (anything else: the default, logged)."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    logger.warning("%s=%r is not a boolean (use 1 or 0); keeping the default %s", name, raw, int(default))
+    return default
+
+
+def env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks dropped."""
+    raw = env.get(name, "")
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        logger.warning("%s=%r is not an integer; keeping the default %d", name, raw, default)
+        return default
+    if not lo <= value <= hi:
+        clamped = min(max(value, lo), hi)
+        logger.warning("%s=%d is outside [%d, %d]; using %d", name, value, lo, hi, clamped)
+        return clamped
+    return value
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """STUN/TURN for the server's peer connections (and what ``/config`` tells clients).
+
+    No STUN server by default: host candidates are enough on a LAN or
+    loopback, and nothing waits on an unreachable public server.
+    """
+
+    stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_user: str | None = None
+    turn_pass: str | None = field(default=None, repr=False)
+    force_relay: bool = False
+    prefer_h264: bool = False
+    turn_tls_only: bool = False
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Optional shared secret for session creation and control endpoints."""
+
+    api_key: str | None = field(default=None, repr=False)
+    require_api_key: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.require_api_key
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Per-session behaviour of the ingress.
+
+    ``max_sessions_per_replica``: the ingress's own cap (refuses beyond it at
+    once); the deployment's ``max_ongoing_requests`` must stay above it.
+    ``deadline_ms``: a deployment call slower than this is abandoned and the
+    frame goes out under the fallback policy. ``inflight``: frames processed
+    concurrently per session (output stays in order). ``idle_timeout_s``: a
+    session whose camera sent nothing for this long is reaped.
+    """
+
+    max_sessions_per_replica: int = 4
+    max_side: int = 512
+    max_fps: int = 30
+    inflight: int = 2
+    deadline_ms: float = 250.0
+    max_faces: int = 1
+    max_faces_limit: int = 8
+    badge: bool = True
+    fallback: FallbackPolicy = "blur"
+    hold_s: float = 0.5
+    idle_timeout_s: float = 10.0
+    offer_timeout_s: float = 15.0
+    stats_interval_s: float = 1.0
+    max_reference_bytes: int = 10 * 1024 * 1024
+    max_reference_side: int = 4096
+    detect_every: int = 10
+    audio_sync: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_sessions_per_replica < 1:
+            raise ValueError("max_sessions_per_replica must be at least 1")
+        if self.inflight < 1:
+            raise ValueError("inflight must be at least 1")
+        if self.fallback not in FALLBACK_POLICIES:
+            raise ValueError(f"fallback must be one of {', '.join(FALLBACK_POLICIES)}, got {self.fallback!r}")
+        if not 1 <= self.max_faces <= self.max_faces_limit:
+            raise ValueError(f"max_faces must be within 1..{self.max_faces_limit}, got {self.max_faces}")
+        if self.max_side < 64:
+            raise ValueError("max_side must be at least 64")
+
+
+@dataclass(frozen=True)
+class Settings:
+    ice: IceSettings = field(default_factory=IceSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, base: Settings | None = None) -> Settings:
+        """``base`` (defaults, or what the app config says) overridden by ``MIRAGE_*`` variables that are set."""
+        env = os.environ if env is None else env
+        base = base or cls()
+        ice = IceSettings(
+            stun_urls=env_list(env, "MIRAGE_STUN_URLS") if "MIRAGE_STUN_URLS" in env else base.ice.stun_urls,
+            turn_urls=env_list(env, "MIRAGE_TURN_URL") if "MIRAGE_TURN_URL" in env else base.ice.turn_urls,
+            turn_user=env.get("MIRAGE_TURN_USER") or base.ice.turn_user,
+            turn_pass=env.get("MIRAGE_TURN_PASS") or base.ice.turn_pass,
+            force_relay=env_flag(env, "MIRAGE_FORCE_RELAY", base.ice.force_relay),
+            prefer_h264=env_flag(env, "MIRAGE_PREFER_H264", base.ice.prefer_h264),
+            turn_tls_only=env_flag(env, "MIRAGE_TURN_TLS_ONLY", base.ice.turn_tls_only),
+        )
+        api_key = env.get("MIRAGE_API_KEY") or base.auth.api_key
+        require = env_flag(env, "MIRAGE_REQUIRE_API_KEY", base.auth.require_api_key)
+        if require and not api_key:
+            raise ValueError("MIRAGE_REQUIRE_API_KEY=1 needs MIRAGE_API_KEY to be set to the shared secret.")
+        auth = AuthSettings(api_key=api_key, require_api_key=require)
+
+        s = base.session
+        fallback = env.get("MIRAGE_FALLBACK", s.fallback).strip().lower() or s.fallback
+        if fallback not in FALLBACK_POLICIES:
+            logger.warning("MIRAGE_FALLBACK=%r is not one of %s; keeping %s", fallback, FALLBACK_POLICIES, s.fallback)
+            fallback = s.fallback
+        session = replace(
+            s,
+            max_faces=_env_int(env, "MIRAGE_MAX_FACES", s.max_faces, 1, s.max_faces_limit),
+            badge=env_flag(env, "MIRAGE_BADGE", s.badge),
+            fallback=fallback,  # type: ignore[arg-type]
+            max_sessions_per_replica=_env_int(
+                env, "MIRAGE_MAX_SESSIONS_PER_REPLICA", s.max_sessions_per_replica, 1, 1024
+            ),
+        )
+        return cls(ice=ice, auth=auth, session=session)

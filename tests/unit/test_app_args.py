@@ -1,0 +1,72 @@
+"""serve_config.yaml and the typed app builder: fractional CPUs, batch/ongoing consistency, session cap headroom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from serve_app.app import AppArgs, build_app
+
+CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+
+
+def _deployments(app):  # type: ignore[no-untyped-def]
+    ingress = app._bound_deployment
+    return {"MirageIngress": ingress, **{a._bound_deployment.name: a._bound_deployment for a in ingress.init_args[:2]}}
+
+
+def test_serve_config_builds_with_fractional_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MIRAGE_MAX_SESSIONS_PER_REPLICA", "MIRAGE_REQUIRE_API_KEY", "MIRAGE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    config = yaml.safe_load(CONFIG.read_text())
+    (app_cfg,) = config["applications"]
+    assert app_cfg["import_path"] == "serve_app.app:build_app" and app_cfg["route_prefix"] == "/"
+    assert "request_timeout_s" not in config.get("http_options", {}), "sessions are long-lived requests"
+    deployments = _deployments(build_app(AppArgs.model_validate(app_cfg["args"])))
+    assert set(deployments) == {"MirageIngress", "FaceDetector", "FaceSwapper"}
+    total = 0.0
+    for name, d in deployments.items():
+        cpus = d.ray_actor_options["num_cpus"]
+        assert 0 < cpus < 1, f"{name} must ask for a fraction of a CPU, not {cpus}"
+        total += cpus
+    assert total <= 2.0, "the three replicas fit a 2-core machine"
+    for name in ("FaceDetector", "FaceSwapper"):
+        d = deployments[name]
+        assert d.max_ongoing_requests >= d.user_config["max_batch_size"]
+    assert deployments["MirageIngress"].max_ongoing_requests > app_cfg["args"]["ingress"]["max_sessions_per_replica"]
+
+
+def test_env_cap_keeps_ingress_headroom(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIRAGE_MAX_SESSIONS_PER_REPLICA", "30")
+    ingress = _deployments(build_app(AppArgs()))["MirageIngress"]
+    assert ingress.max_ongoing_requests > 30
+
+
+def test_inconsistent_args_are_refused() -> None:
+    with pytest.raises(ValidationError, match="batches can never fill"):
+        AppArgs.model_validate({"detector": {"max_batch_size": 16, "max_ongoing_requests": 4}})
+    with pytest.raises(ValidationError, match="must exceed max_sessions_per_replica"):
+        AppArgs.model_validate({"ingress": {"max_sessions_per_replica": 8, "max_ongoing_requests": 8}})
+    with pytest.raises(ValidationError):
+        AppArgs.model_validate({"detecter": {}})  # typo
+    with pytest.raises(ValidationError):
+        AppArgs.model_validate({"session": {"fallback": "reveal"}})
+
+
+def test_drain_detection_from_serve_details() -> None:
+    from serve_app.drain import ReplicaIdentity, replica_state
+
+    me = ReplicaIdentity(app_name="mirage", actor_id="a1", replica_id="r1", pid=42)
+
+    def details(status: str, replicas: list[dict]) -> dict:
+        return {"applications": {"mirage": {"status": status, "deployments": {"MirageIngress": {"replicas": replicas}}},
+                                 "other": {"status": "RUNNING", "deployments": {}}}}
+
+    assert replica_state(details("RUNNING", [{"actor_id": "a1", "replica_id": "r1", "state": "RUNNING"}]), me) == "running"
+    assert replica_state(details("RUNNING", [{"actor_id": "a1", "replica_id": "r1", "state": "STOPPING"}]), me) == "stopping"
+    assert replica_state(details("DELETING", []), me) == "stopping"
+    assert replica_state(details("RUNNING", [{"actor_id": "zz", "replica_id": "other", "pid": 7, "state": "RUNNING"}]), me) == "missing"
+    assert replica_state({"applications": {}}, me) == "missing"
