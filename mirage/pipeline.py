@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 import cv2
-import numpy as np
 
 from mirage.detect.blazeface import BlazeFaceConfig, BlazeFaceDetector, largest_faces
 from mirage.errors import ModelUnavailableError, NoFaceError
@@ -176,16 +175,3 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     finally:
         timings[stage] += (time.perf_counter() - start) * 1000.0
 
-
-def face_region_box(faces: list[FaceLandmarks], shape: tuple[int, ...], margin: float = 0.1) -> list[np.ndarray]:
-    """Integer (x1, y1, x2, y2) boxes around faces, clipped to the frame (tests, fallbacks)."""
-    boxes = []
-    h, w = shape[:2]
-    for face in faces:
-        lo = face.xy.min(axis=0)
-        hi = face.xy.max(axis=0)
-        pad = (hi - lo) * margin
-        x1, y1 = np.floor(lo - pad).astype(int)
-        x2, y2 = np.ceil(hi + pad).astype(int)
-        boxes.append(np.array([max(0, x1), max(0, y1), min(w, x2), min(h, y2)]))
-    return boxes

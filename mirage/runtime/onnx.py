@@ -119,7 +119,35 @@ class TensorInfo:
     dtype: type[np.generic]
 
 
-class OrtModel:
+class ModelInfo:
+    """Name/path/inputs/outputs accessors shared by every runtime's model class
+    (:class:`OrtModel`, ``TensorRTModel``): the stages only see this surface."""
+
+    name: str
+    path: Path
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    @property
+    def is_standin(self) -> bool:
+        return "standin" in self.path.name
+
+    @property
+    def input_names(self) -> list[str]:
+        return [info.name for info in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [info.name for info in self.outputs]
+
+    def input(self, name: str) -> TensorInfo:
+        for info in self.inputs:
+            if info.name == name:
+                return info
+        raise KeyError(f"model {self.name} has no input {name!r}")
+
+
+class OrtModel(ModelInfo):
     """One ONNX model loaded in ONNX Runtime.
 
     ``provider`` is the provider actually in use (the first one the session kept);
@@ -155,29 +183,11 @@ class OrtModel:
         )
 
     @property
-    def is_standin(self) -> bool:
-        return "standin" in self.path.name
-
-    @property
-    def input_names(self) -> list[str]:
-        return [info.name for info in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [info.name for info in self.outputs]
-
-    @property
     def dynamic_batch(self) -> bool:
         """True when the first input's leading dimension is symbolic (any batch size)."""
         if not self.inputs or not self.inputs[0].shape:
             return False
         return not isinstance(self.inputs[0].shape[0], int)
-
-    def input(self, name: str) -> TensorInfo:
-        for info in self.inputs:
-            if info.name == name:
-                return info
-        raise KeyError(f"model {self.name} has no input {name!r}")
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
         """Run the session; returns outputs in ``output_names`` order (default: all, in model order)."""

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from mirage.errors import ModelUnavailableError
-from mirage.runtime.onnx import TensorInfo
+from mirage.runtime.onnx import ModelInfo, TensorInfo
 from mirage.runtime.tensorrt import EngineKey, import_tensorrt, read_engine_payload, tensorrt_logger
 
 logger = logging.getLogger(__name__)
 
-class TensorRTModel:
+class TensorRTModel(ModelInfo):
     """A compiled engine behind :class:`~mirage.runtime.onnx.OrtModel`'s interface (numpy in, numpy out).
 
     ``path`` stays the ONNX file the engine was compiled from (InSwapper reads its
@@ -78,30 +78,12 @@ class TensorRTModel:
         logger.info("model %s: TensorRT engine %s (%s)", label, self.engine_path.name, key.describe())
 
     @property
-    def is_standin(self) -> bool:
-        return "standin" in self.path.name
-
-    @property
-    def input_names(self) -> list[str]:
-        return [info.name for info in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [info.name for info in self.outputs]
-
-    @property
     def dynamic_batch(self) -> bool:
         return True
 
     @property
     def max_batch(self) -> int:
         return self.key.profile.max_batch
-
-    def input(self, name: str) -> TensorInfo:
-        for info in self.inputs:
-            if info.name == name:
-                return info
-        raise KeyError(f"model {self.name} has no input {name!r}")
 
     def _device(self, tensor: str, nbytes: int) -> int:
         ptr, capacity = self._buffers.get(tensor, (0, 0))

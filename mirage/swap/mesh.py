@@ -23,6 +23,7 @@ import numpy.typing as npt
 from scipy.spatial import Delaunay
 
 from mirage.errors import MirageError
+from mirage.geometry.align import transform_points
 from mirage.landmarks.topology import FACE_OVAL, LIPS_INNER, LIPS_OUTER
 from mirage.types import FaceCrop, FaceLandmarks, Image, MeshIdentity, Points, SwapOptions, SwappedFace
 
@@ -58,10 +59,6 @@ def crop_matrix(centre_x: float, centre_y: float, side: float, size: int) -> npt
         [[scale, 0.0, size / 2.0 - scale * centre_x], [0.0, scale, size / 2.0 - scale * centre_y]],
         dtype=np.float32,
     )
-
-
-def transform_points(points_xy: Points, matrix: npt.NDArray[np.float32]) -> Points:
-    return (points_xy @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
 
 
 def _scaled_about_centroid(polygon: Points, factor: float) -> Points:
