@@ -20,6 +20,8 @@ _EXPORTS = {
     "SessionOptions": "session",
     "SessionRefused": "session",
     "SessionStats": "session",
+    "EncodedClip": "encoded",
+    "encode_clip": "encoded",
     "ArraySource": "sources",
     "FileSource": "sources",
     "ImageSequenceSource": "sources",

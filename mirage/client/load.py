@@ -2,8 +2,12 @@
 
 Each session sends the same source (a video file, an image directory, or by
 default the astronaut photo with scripted head motion), stamped with frame
-numbers, and measures what comes back. After a short warm-up (first keyframes,
-lazy model loads), each session is measured for ``--seconds``; the report is
+numbers, and measures what comes back. By default (``--encode once``) the
+stamped clip is encoded to VP8 once and every session replays the packets, so
+the load generator's CPU does not compete with the server it measures;
+``--encode live`` runs one live encoder per session, as a camera client does.
+After a short warm-up (first keyframes, lazy model loads), each session is
+measured for ``--seconds``; the report is
 ``{"sessions": [{"fps", "g2g_p50_ms", "g2g_p95_ms", "frames", "dropped",
 "errors", ...}], ...}``. The exit status is 1 when a session failed to connect
 or received no frame at all.
@@ -20,11 +24,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the parser is built on every CLI start: aiortc is imported only to run
+    from mirage.client.encoded import EncodedClip
     from mirage.client.session import SessionOptions
     from mirage.client.sources import VideoSource
 
@@ -49,6 +54,14 @@ def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--size", default="640x480", help="frame size of the default clip, WxH (default 640x480)")
     p.add_argument("--audio", action="store_true", help="also send an audio track (a 440 Hz tone)")
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for each session to come up")
+    p.add_argument(
+        "--encode",
+        choices=["once", "live"],
+        default="once",
+        help="once (default): encode the stamped clip to VP8 once and replay it in every session, so the load "
+        "generator's CPU does not compete with the server it measures; live: each session runs its own VP8 "
+        "encoder, as a real camera client does (an H.264-preferring server always gets live encoding)",
+    )
     return p
 
 
@@ -67,9 +80,25 @@ class LoadPlan:
     fps: float | None = None
     audio: bool = False
     connect_timeout_s: float = 60.0
+    #: "once": encode the clip once and replay it in every session; "live": one encoder per session.
+    encode: Literal["once", "live"] = "once"
 
 
-async def _one_session(plan: LoadPlan, index: int) -> dict[str, Any]:
+def clip_period(source: VideoSource, fps: float, seconds: float = 10.0) -> int:
+    """Frames to pre-encode: about ``seconds`` of video, a whole number of the source's loops when known.
+
+    A clip cut mid-loop would jump back at every replay (a head that teleports); a
+    source that knows its loop length (``len()``) gets a seamless one.
+    """
+    period = max(1, int(round(seconds * fps)))
+    try:
+        loop = len(source)  # type: ignore[arg-type]
+    except TypeError:
+        return period
+    return max(1, round(period / loop)) * loop if 0 < loop <= period else period
+
+
+async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None = None) -> dict[str, Any]:
     from mirage.client.session import ClientConfig, MirageSession, SessionError, SessionRefused, SessionStats
 
     config = ClientConfig(
@@ -82,6 +111,7 @@ async def _one_session(plan: LoadPlan, index: int) -> dict[str, Any]:
         tone_hz=440.0 if plan.audio else None,
         fps=plan.fps,
         connect_timeout_s=plan.connect_timeout_s,
+        encoded=encoded,
     )
     session = MirageSession(config)
     record: dict[str, Any] = {"index": index, "connected": False, "error": None, "code": None}
@@ -125,8 +155,15 @@ async def _sleep_unless_ended(session: MirageSession, seconds: float) -> None:
 
 async def run_plan(plan: LoadPlan) -> dict[str, Any]:
     """Run all sessions concurrently; the report dict (also what ``--json`` writes)."""
+    encoded: EncodedClip | None = None
+    if plan.encode == "once":
+        from mirage.client.encoded import encode_clip
+
+        period = clip_period(plan.source, plan.fps or plan.source.fps)
+        encoded = await asyncio.to_thread(encode_clip, plan.source, period)
+        logger.info("encoded a %d-frame VP8 clip (%.0f kB) for all sessions", period, sum(map(len, encoded.packets)) / 1e3)
     started = time.time()
-    records = await asyncio.gather(*(_one_session(plan, i) for i in range(plan.sessions)))
+    records = await asyncio.gather(*(_one_session(plan, i, encoded) for i in range(plan.sessions)))
     return {
         "url": plan.url,
         "sessions": records,
@@ -135,6 +172,7 @@ async def run_plan(plan: LoadPlan) -> dict[str, Any]:
         "warmup_s": plan.warmup,
         "source_size": list(plan.source.size),
         "source_fps": plan.fps or plan.source.fps,
+        "encode": plan.encode,
         "started_at": started,
         "wall_s": round(time.time() - started, 2),
     }
@@ -170,6 +208,7 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
         fps=args.fps,
         audio=args.audio,
         connect_timeout_s=args.connect_timeout,
+        encode=args.encode,
     )
 
 

@@ -38,8 +38,9 @@ from aiortc.rtcrtpsender import RTCRtpSender
 
 from mirage.client.jitter import use_marker_frames
 from mirage.client.sources import VideoSource
-from mirage.client.stamp import MODULUS, frame_distance, read_stamp
-from mirage.client.tracks import SendLedger, StampedVideoTrack, ToneAudioTrack
+from mirage.client.encoded import EncodedClip
+from mirage.client.stamp import frame_distance, read_stamp
+from mirage.client.tracks import PreEncodedVideoTrack, SendLedger, StampedVideoTrack, ToneAudioTrack
 from mirage.errors import MirageError
 from mirage.types import Image
 from mirage.video import video_frame_to_bgr
@@ -103,6 +104,13 @@ class ClientConfig:
     marker_frames: bool = True
     #: Keep decoded BGR frames in :attr:`MirageSession.frames` (a small queue, newest wins).
     keep_frames: int = 0
+    #: Replay this pre-encoded VP8 clip of ``source`` (see :mod:`mirage.client.encoded`) instead
+    #: of encoding live; its stamps cycle with the clip's period. Live when the server wants H.264.
+    encoded: EncodedClip | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoded is not None and self.encoded.size != self.source.size:
+            raise ValueError(f"the encoded clip is {self.encoded.size}, the source {self.source.size}: encode this source")
 
 
 @dataclass(frozen=True)
@@ -205,7 +213,7 @@ class MirageSession:
         self.config = config
         self.on_frame = on_frame
         self.stats = SessionStats()
-        self.ledger = SendLedger()
+        self.ledger = SendLedger(config.encoded.period) if config.encoded is not None else SendLedger()
         self.server_config: dict[str, Any] = {}
         self.session_id: str | None = None
         self.note: str | None = None
@@ -223,7 +231,7 @@ class MirageSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
-        self._video: StampedVideoTrack | None = None
+        self._video: StampedVideoTrack | PreEncodedVideoTrack | None = None
         self._audio: ToneAudioTrack | None = None
         self._connected = asyncio.Event()
         self._first_frame = asyncio.Event()
@@ -262,11 +270,24 @@ class MirageSession:
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_connection_state)
 
-        self._video = StampedVideoTrack(self.config.source, fps=self.config.fps, ledger=self.ledger)
+        encoded = self.config.encoded
+        if encoded is not None and self.server_config.get("prefer_h264"):
+            logger.info("the server prefers H.264: encoding live instead of replaying the pre-encoded VP8 clip")
+            encoded = None
+            self.ledger = SendLedger()  # live stamps wrap at the 16-bit modulus
+        if encoded is not None:
+            self._video = PreEncodedVideoTrack(encoded, fps=self.config.fps, ledger=self.ledger)
+        else:
+            self._video = StampedVideoTrack(self.config.source, fps=self.config.fps, ledger=self.ledger)
         video = pc.addTransceiver(self._video, direction="sendrecv")
         if self.config.marker_frames:
             use_marker_frames(video.receiver)
-        if self.server_config.get("prefer_h264"):
+        if encoded is not None:
+            # aiortc packs the clip's bytes with the negotiated codec's payloader: offer VP8 only,
+            # so the answer cannot pick another codec (the default order already puts VP8 first).
+            codecs = RTCRtpSender.getCapabilities("video").codecs
+            video.setCodecPreferences([c for c in codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")])
+        elif self.server_config.get("prefer_h264"):
             codecs = RTCRtpSender.getCapabilities("video").codecs
             video.setCodecPreferences(
                 [c for c in codecs if c.mimeType.lower() == "video/h264"]
@@ -456,12 +477,13 @@ class MirageSession:
                     stats.errors += 1
 
     def _unwrap(self, number: int) -> int:
-        """Map the 16-bit stamp onto an ever-growing counter near the last one seen."""
+        """Map the stamp (wrapping at the stream's period) onto an ever-growing counter near the last one seen."""
+        period = self.ledger.period
         if self._last_unwrapped is None:
             self._last_unwrapped = number
             return number
-        forward = frame_distance(number, self._last_unwrapped % MODULUS)
-        unwrapped = self._last_unwrapped + forward if forward < MODULUS // 2 else self._last_unwrapped - (MODULUS - forward)
+        forward = frame_distance(number, self._last_unwrapped % period, period)
+        unwrapped = self._last_unwrapped + forward if forward < period // 2 else self._last_unwrapped - (period - forward)
         self._last_unwrapped = max(self._last_unwrapped, unwrapped)
         return unwrapped
 

@@ -92,6 +92,10 @@ def read_stamp(
     return value
 
 
-def frame_distance(later: int, earlier: int) -> int:
-    """Forward distance from ``earlier`` to ``later`` on the wrapping 16-bit counter."""
-    return (int(later) - int(earlier)) % MODULUS
+def frame_distance(later: int, earlier: int, modulus: int = MODULUS) -> int:
+    """Forward distance from ``earlier`` to ``later`` on a counter wrapping at ``modulus``.
+
+    Live streams wrap at the 16-bit ``MODULUS``; a pre-encoded clip's stamps
+    wrap at its loop length (see :mod:`mirage.client.encoded`).
+    """
+    return (int(later) - int(earlier)) % modulus

@@ -1,4 +1,4 @@
-"""aiortc tracks the client sends: a stamped video source and a silent/tone audio track."""
+"""aiortc tracks the client sends: a stamped video source (live or pre-encoded) and a silent/tone audio track."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from mirage.client.encoded import EncodedClip
 from mirage.client.stamp import MODULUS, stamp
 from mirage.client.sources import VideoSource
 from mirage.types import Image
@@ -27,22 +28,47 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 class SendLedger:
     """When each stamped frame number left the sender (monotonic seconds).
 
-    Keyed by the 16-bit stamp value; a frame number is overwritten when the
-    counter wraps (after 36 minutes at 30 fps), long after it could arrive.
+    Keyed by the stamp value modulo the stream's ``period``: the 16-bit
+    modulus for a live stream, the clip's length for a pre-encoded one. A
+    frame number is overwritten when the stamps wrap (after 36 minutes at
+    30 fps live, after one loop pre-encoded), long after it could arrive.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, period: int = MODULUS) -> None:
+        if not 1 <= period <= MODULUS:
+            raise ValueError(f"the stamp period must be between 1 and {MODULUS} (got {period})")
+        self.period = period
         self._sent: dict[int, float] = {}
         self.count = 0
         self.last_number: int | None = None
 
     def record(self, number: int, t: float) -> None:
-        self._sent[number % MODULUS] = t
+        self._sent[number % self.period] = t
         self.count += 1
         self.last_number = number
 
     def sent_at(self, stamp_value: int) -> float | None:
-        return self._sent.get(stamp_value % MODULUS)
+        return self._sent.get(stamp_value % self.period)
+
+
+class _Pacer:
+    """Sleeps until frame ``number`` is due at ``fps``, counting from the first call."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self._start: float | None = None
+
+    async def wait(self, number: int) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+            return
+        due = self._start + number / self.fps
+        if due > now:
+            await asyncio.sleep(due - now)
+        elif now - due > 1.0:
+            # We fell far behind (a stalled loop): restart the clock instead of bursting.
+            self._start = now - number / self.fps
 
 
 class StampedVideoTrack(MediaStreamTrack):
@@ -62,21 +88,12 @@ class StampedVideoTrack(MediaStreamTrack):
         self.ledger = ledger or SendLedger()
         self._frames: Iterator[Image] = source.frames()
         self._number = 0
-        self._start: float | None = None
+        self._pacer = _Pacer(self.fps)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            due = self._start + self._number / self.fps
-            if due > now:
-                await asyncio.sleep(due - now)
-            elif now - due > 1.0:
-                # We fell far behind (a stalled loop): restart the clock instead of bursting.
-                self._start = now - self._number / self.fps
+        await self._pacer.wait(self._number)
         image = await asyncio.to_thread(self._next_image)
         frame = bgr_to_video_frame(image)
         frame.pts = int(round(self._number * VIDEO_CLOCK_RATE / self.fps))
@@ -87,6 +104,40 @@ class StampedVideoTrack(MediaStreamTrack):
 
     def _next_image(self) -> Image:
         return stamp(next(self._frames), self._number)
+
+
+class PreEncodedVideoTrack(MediaStreamTrack):
+    """Replays an :class:`EncodedClip` as VP8 packets, paced like :class:`StampedVideoTrack`.
+
+    aiortc's sender only packetizes the ``av.Packet`` objects a track returns
+    (no encoder runs), with the payloader of the negotiated codec: use this
+    track only when VP8 was negotiated. Packet ``n`` carries frame
+    ``n % period`` of the clip (stamp ``n % period``); the ledger, whose period
+    is the clip's, records ``n`` when aiortc takes the packet.
+    """
+
+    kind = "video"
+
+    def __init__(self, clip: EncodedClip, *, fps: float | None = None, ledger: SendLedger | None = None) -> None:
+        super().__init__()
+        self.clip = clip
+        self.fps = float(fps or clip.fps)
+        self.ledger = ledger or SendLedger(clip.period)
+        if self.ledger.period != clip.period:
+            raise ValueError(f"the ledger's period ({self.ledger.period}) is not the clip's ({clip.period})")
+        self._number = 0
+        self._pacer = _Pacer(self.fps)
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._pacer.wait(self._number)
+        packet = av.Packet(self.clip.packets[self._number % self.clip.period])
+        packet.pts = int(round(self._number * VIDEO_CLOCK_RATE / self.fps))
+        packet.time_base = VIDEO_TIME_BASE
+        self.ledger.record(self._number, time.monotonic())
+        self._number += 1
+        return packet
 
 
 class ToneAudioTrack(MediaStreamTrack):

@@ -75,6 +75,7 @@ def test_load_exits_non_zero_when_a_session_cannot_connect(tmp_path, capsys) -> 
     )
     assert run_load(args) == 1
     report = json.loads(out.read_text())
+    assert report["encode"] == "once"  # the default: the clip was encoded once before the sessions
     assert len(report["sessions"]) == 2
     for record in report["sessions"]:
         assert record["connected"] is False and record["code"] == "connection_failed"
