@@ -37,7 +37,7 @@ from mirage.landmarks.facemesh import FaceMeshLandmarker, FaceRoi, MeshInput
 from mirage.landmarks.topology import five_point_from_mesh
 from mirage.overlay import blur_frame, blur_regions, draw_badge
 from mirage.swap.mesh import MeshSwapConfig, MeshSwapper
-from mirage.tracking.tracker import FaceTracker, TrackerConfig
+from mirage.tracking.tracker import FaceTracker, TrackerConfig, TrackPlan
 from mirage.types import (
     Detection,
     FaceCrop,
@@ -164,6 +164,14 @@ class SessionControls:
         return previous
 
 
+@dataclass
+class ModelInputs:
+    """A frame's first model inputs: the detector's when detecting, else the landmarker's."""
+
+    detector: DetectorInput | None = None
+    mesh: list[MeshInput] | None = None
+
+
 class FramePreparer:
     """Cheap per-frame preparation done in the ingress: model inputs and face crops.
 
@@ -181,6 +189,12 @@ class FramePreparer:
 
     def mesh_inputs(self, image: Image, rois: Sequence[FaceRoi]) -> list[MeshInput]:
         return [self._landmarker.prepare(image, roi) for roi in rois]
+
+    def model_inputs(self, image: Image, detect: bool, rois: Sequence[FaceRoi]) -> ModelInputs:
+        """The first model inputs of a frame: the detector's, or the landmarker's for tracked regions."""
+        if detect:
+            return ModelInputs(detector=self.detector_input(image))
+        return ModelInputs(mesh=self.mesh_inputs(image, rois))
 
     def crops(self, image: Image, faces: Sequence[FaceLandmarks], swapper: SwapperName) -> list[FaceCrop]:
         if swapper == "inswapper":
@@ -205,6 +219,12 @@ class Rendered:
     faces: int
     fallback: str | None
     stages_ms: dict[str, float]
+    #: The outgoing frame, when the render's last worker hop already built it.
+    frame: VideoFrame | None = None
+
+
+#: Builds the outgoing frame from the final picture (in the same worker hop as the picture).
+FrameBuilder = Callable[[Image], VideoFrame]
 
 
 def _landmark_box(face: FaceLandmarks) -> npt.NDArray[np.float32]:
@@ -279,16 +299,40 @@ class FrameProcessor:
 
     async def analyze(self, image: Image, t: float) -> Analysis:
         """Detect (when the tracker asks) and find landmarks; never raises for a model failure."""
+        plan = self._tracker.plan()
+        inputs = await asyncio.to_thread(self._prep.model_inputs, image, plan.detect, plan.rois)
+        return await self._analyze(image, t, plan, inputs)
+
+    async def analyze_frame(self, frame: VideoFrame, t: float, max_side: int) -> tuple[Image, Analysis]:
+        """Convert a decoded frame (≤ ``max_side``) and analyze it.
+
+        Conversion and the first model inputs share one worker-thread hop: the
+        tracker's plan (detect, or landmarks in the tracked regions) is known
+        before the pixels are, and every hop costs a thread hand-over under load.
+        """
+        plan = self._tracker.plan()
+        start = time.perf_counter()
+
+        def convert_and_prepare() -> tuple[Image, ModelInputs]:
+            image = to_bgr(frame, max_side)
+            return image, self._prep.model_inputs(image, plan.detect, plan.rois)
+
+        image, inputs = await asyncio.to_thread(convert_and_prepare)
+        convert_ms = (time.perf_counter() - start) * 1000.0
+        analysis = await self._analyze(image, t, plan, inputs)
+        analysis.stages_ms["convert"] = convert_ms
+        return image, analysis
+
+    async def _analyze(self, image: Image, t: float, plan: TrackPlan, inputs: ModelInputs) -> Analysis:
         stages: dict[str, float] = {}
         tracker = self._tracker
-        plan = tracker.plan()
         rois = list(plan.rois)
+        mesh_items = inputs.mesh
         detect_ok = True
-        if plan.detect:
+        if inputs.detector is not None:
             start = time.perf_counter()
             try:
-                item = await asyncio.to_thread(self._prep.detector_input, image)
-                dets = await self._call(self._models.detect(item))
+                dets = await self._call(self._models.detect(inputs.detector))
                 if dets:
                     rois = tracker.rois_from_detections(dets)
             except Exception as exc:  # noqa: BLE001 - any failure degrades, never freezes
@@ -296,13 +340,16 @@ class FrameProcessor:
                 self.degraded_events += 1
                 logger.debug("detect failed (%s); continuing with %d tracked faces", type(exc).__name__, len(rois))
             stages["detect"] = (time.perf_counter() - start) * 1000.0
+            mesh_items = None  # the regions came from this detection (or from tracking, if it failed)
         if not detect_ok and not rois:
             return Analysis(faces=[], hide_boxes=[], failure="detect", stages_ms=stages)
         raw: list[FaceLandmarks] = []
         if rois:
             start = time.perf_counter()
             try:
-                items = await asyncio.to_thread(self._prep.mesh_inputs, image, rois)
+                if mesh_items is None:
+                    mesh_items = await asyncio.to_thread(self._prep.mesh_inputs, image, rois)
+                items = mesh_items
                 raw = list(await self._call(asyncio.gather(*(self._models.landmarks(i) for i in items))))
             except Exception as exc:  # noqa: BLE001
                 stages["landmarks"] = (time.perf_counter() - start) * 1000.0
@@ -313,17 +360,20 @@ class FrameProcessor:
         faces = sorted(faces, key=_extent, reverse=True)[: self.controls.max_faces]
         return Analysis(faces=faces, hide_boxes=[_landmark_box(f) for f in faces], failure=None, stages_ms=stages)
 
-    async def render(self, image: Image, analysis: Analysis) -> Rendered:
-        """Swap, paste back and badge; under the fallback policy when anything fails. Never raises."""
+    async def render(self, image: Image, analysis: Analysis, build: FrameBuilder | None = None) -> Rendered:
+        """Swap, paste back and badge; under the fallback policy when anything fails. Never raises.
+
+        With ``build``, the hop that makes the final picture also makes the outgoing frame.
+        """
         stages = dict(analysis.stages_ms)
         if analysis.failure is not None:
-            return await self._fallback(image, analysis, stages)
+            return await self._fallback(image, analysis, stages, build)
         controls = self.controls
         identity, swapper, options = controls.identity, controls.swapper, controls.options
         if not analysis.faces:
             return Rendered(image=image, faces=0, fallback=None, stages_ms=stages)
         if identity is None:  # never show a face unswapped because the identity is being replaced
-            return await self._fallback(image, analysis, stages)
+            return await self._fallback(image, analysis, stages, build)
         key = controls.identity_key
         start = time.perf_counter()
         try:
@@ -332,24 +382,25 @@ class FrameProcessor:
         except Exception as exc:  # noqa: BLE001
             stages["swap"] = (time.perf_counter() - start) * 1000.0
             logger.debug("swap failed (%s)", type(exc).__name__)
-            return await self._fallback(image, analysis, stages)
+            return await self._fallback(image, analysis, stages, build)
         stages["swap"] = (time.perf_counter() - start) * 1000.0
         start = time.perf_counter()
         erode = isinstance(identity, LatentIdentity)
         badge = self._settings.badge
 
-        def compose() -> Image:
+        def compose() -> tuple[Image, VideoFrame | None]:
             out = paste_back_many(image, list(zip(crops, swapped, strict=True)), erode_blur=erode)  # type: ignore[arg-type]
-            return draw_badge(out) if badge else out
+            out = draw_badge(out) if badge else out
+            return out, (build(out) if build is not None else None)
 
         try:
-            out = await asyncio.to_thread(compose)
+            out, frame = await asyncio.to_thread(compose)
         except Exception as exc:  # noqa: BLE001
             logger.warning("paste-back failed (%s)", type(exc).__name__)
-            return await self._fallback(image, analysis, stages)
+            return await self._fallback(image, analysis, stages, build)
         stages["paste"] = (time.perf_counter() - start) * 1000.0
         self._last_good = (out, self._clock())
-        return Rendered(image=out, faces=len(crops), fallback=None, stages_ms=stages)
+        return Rendered(image=out, faces=len(crops), fallback=None, stages_ms=stages, frame=frame)
 
     async def _swap(
         self, crops: list[FaceCrop], identity: Identity, key: str, swapper: SwapperName, options: SwapOptions
@@ -380,7 +431,9 @@ class FrameProcessor:
             raise RuntimeError(f"swap failed: {failed[0]}")
         return [r.face() for r in results]
 
-    async def _fallback(self, image: Image, analysis: Analysis, stages: dict[str, float]) -> Rendered:
+    async def _fallback(
+        self, image: Image, analysis: Analysis, stages: dict[str, float], build: FrameBuilder | None = None
+    ) -> Rendered:
         policy = self.controls.fallback
         self.degraded_events += 1
         if policy == "passthrough":
@@ -390,11 +443,13 @@ class FrameProcessor:
             if self._clock() - when <= self._settings.hold_s and held.shape == image.shape:
                 return Rendered(image=held, faces=0, fallback="hold", stages_ms=stages)
         boxes = analysis.hide_boxes
-        if boxes:
-            out = await asyncio.to_thread(blur_regions, image, boxes)
-        else:
-            out = await asyncio.to_thread(blur_frame, image)
-        return Rendered(image=out, faces=0, fallback="blur", stages_ms=stages)
+
+        def blur() -> tuple[Image, VideoFrame | None]:
+            out = blur_regions(image, boxes) if boxes else blur_frame(image)
+            return out, (build(out) if build is not None else None)
+
+        out, frame = await asyncio.to_thread(blur)
+        return Rendered(image=out, faces=0, fallback="blur", stages_ms=stages, frame=frame)
 
 
 class VideoLoop:
@@ -423,28 +478,29 @@ class VideoLoop:
                     break
                 frame, arrived = item
                 try:
-                    start = time.perf_counter()
-                    image = await asyncio.to_thread(to_bgr, frame, self._max_side)
-                    convert_ms = (time.perf_counter() - start) * 1000.0
-                    analysis = await self._processor.analyze(image, arrived)
+                    image, analysis = await self._processor.analyze_frame(frame, arrived, self._max_side)
                 except Exception:  # noqa: BLE001 - a broken frame must not end the session
                     self.errors += 1
                     logger.exception("frame preparation failed; frame skipped")
                     continue
-                analysis.stages_ms["convert"] = convert_ms
                 task = asyncio.ensure_future(self._finish(image, analysis, frame.pts, frame.time_base, arrived))
                 await self._output.put(task)
         finally:
             self._output.finish()
 
     async def _finish(self, image: Image, analysis: Analysis, pts: int | None, time_base: Any, arrived: float) -> VideoFrame:
+        def build(picture: Image) -> VideoFrame:
+            return video_frame_like(picture, pts, time_base)
+
         try:
-            rendered = await self._processor.render(image, analysis)
+            rendered = await self._processor.render(image, analysis, build)
         except Exception:  # noqa: BLE001 - render is meant not to raise; belt and braces
             self.errors += 1
             logger.exception("render failed; frame blurred")
             rendered = Rendered(image=blur_frame(image), faces=0, fallback="blur", stages_ms=dict(analysis.stages_ms))
-        frame = await asyncio.to_thread(video_frame_like, rendered.image, pts, time_base)
+        frame = rendered.frame
+        if frame is None:  # passthrough / hold: the picture is ready, only the frame is left
+            frame = await asyncio.to_thread(video_frame_like, rendered.image, pts, time_base)
         stages = dict(rendered.stages_ms)
         stages["total"] = (time.monotonic() - arrived) * 1000.0
         self._on_frame(FrameRecord(stages_ms=stages, faces=rendered.faces, fallback=rendered.fallback))

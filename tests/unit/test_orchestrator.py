@@ -285,3 +285,36 @@ def test_identity_cache_expires_and_hides_its_data() -> None:
     cache.put("z", marker)  # type: ignore[arg-type]
     assert len(cache) == 2 and cache.get("x") is None
     assert "7" not in repr(cache)
+
+
+def test_frame_path_converts_prepares_and_builds_the_outgoing_frame_in_its_hops(local_models, identity, preparer) -> None:
+    """analyze_frame (convert + first model inputs in one hop) gives what analyze gives on the converted
+    image, and render's last hop hands back the outgoing frame with the input's timing."""
+    src = astronaut_source(640, 480, 30)
+    tracked = _processor(local_models, preparer, identity)
+    reference = _processor(local_models, preparer, identity)
+    time_base = fractions.Fraction(1, 90_000)
+
+    async def run() -> None:
+        for i in range(12):  # past the first re-detection: both the detect and the tracked path
+            frame = VideoFrame.from_ndarray(src.frame(i), format="bgr24")
+            frame.pts, frame.time_base = 3000 * i, time_base
+            image, analysis = await tracked.analyze_frame(frame, i / 30.0, 512)
+            expected = await reference.analyze(to_bgr(frame, 512), i / 30.0)
+            assert image.shape == (384, 512, 3)
+            assert "convert" in analysis.stages_ms
+            assert ("detect" in analysis.stages_ms) == (i % 10 == 0)
+            assert len(analysis.faces) == len(expected.faces) == 1
+            assert np.abs(analysis.faces[0].xy - expected.faces[0].xy).max() < 0.5
+
+            def build(picture: np.ndarray, pts: int = frame.pts) -> VideoFrame:
+                out = VideoFrame.from_ndarray(picture, format="bgr24")
+                out.pts, out.time_base = pts, time_base
+                return out
+
+            rendered = await tracked.render(image, analysis, build)
+            assert rendered.fallback is None and rendered.frame is not None
+            assert rendered.frame.pts == frame.pts
+            assert np.array_equal(rendered.frame.to_ndarray(format="bgr24"), rendered.image)
+
+    asyncio.run(run())
