@@ -35,6 +35,14 @@ logger = logging.getLogger(__name__)
 INLINE_OBJECT_ENV = "RAY_max_direct_call_object_size"
 DEFAULT_INLINE_OBJECT_BYTES = 1024 * 1024
 
+#: Ray Serve runs a replica's user code and its handles' router each on an event loop
+#: of its own thread by default; a call then crosses threads four times. On the main
+#: loop, a Serve call cost less CPU on both sides here (benchmarks/README.md).
+DEFAULT_REPLICA_ENV: dict[str, str] = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+
 
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,10 +58,10 @@ class DeploymentArgs(_Args):
     #: Serve's autoscaling_config (replaces num_replicas when set).
     autoscaling_config: dict[str, Any] | None = None
 
-    def serve_options(self, default_max_ongoing: int, inline_object_bytes: int | None = None) -> dict[str, Any]:
+    def serve_options(self, default_max_ongoing: int, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}
-        if inline_object_bytes:
-            actor["runtime_env"] = {"env_vars": {INLINE_OBJECT_ENV: str(inline_object_bytes)}}
+        if env_vars:
+            actor["runtime_env"] = {"env_vars": dict(env_vars)}
         if self.num_gpus:
             actor["num_gpus"] = self.num_gpus
         opts: dict[str, Any] = {
@@ -152,6 +160,14 @@ class AppArgs(_Args):
     api_key: SecretStr | None = None
     #: Largest call argument/result Ray sends inline between replicas (see INLINE_OBJECT_ENV).
     inline_object_bytes: int = Field(DEFAULT_INLINE_OBJECT_BYTES, ge=0)
+    #: Environment of every replica process (Ray / Ray Serve knobs; see DEFAULT_REPLICA_ENV).
+    replica_env: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_REPLICA_ENV))
+
+    def replica_env_vars(self) -> dict[str, str]:
+        env = dict(self.replica_env)
+        if self.inline_object_bytes:
+            env[INLINE_OBJECT_ENV] = str(self.inline_object_bytes)
+        return env
 
     def base_settings(self) -> Settings:
         s = self.session
@@ -197,7 +213,7 @@ def build_app(args: AppArgs) -> Application:
     detector = FaceDetector.options(
         name="FaceDetector",
         user_config=d.user_config(),
-        **d.serve_options(d.default_max_ongoing(2), args.inline_object_bytes),
+        **d.serve_options(d.default_max_ongoing(2), args.replica_env_vars()),
     ).bind(DetectorConfig(model=d.model, score_threshold=d.score_threshold, num_threads=d.num_threads))
 
     w = args.swapper
@@ -205,7 +221,7 @@ def build_app(args: AppArgs) -> Application:
     swapper = FaceSwapper.options(
         name="FaceSwapper",
         user_config=w.user_config(),
-        **w.serve_options(w.default_max_ongoing(1), args.inline_object_bytes),
+        **w.serve_options(w.default_max_ongoing(1), args.replica_env_vars()),
     ).bind(
         SwapperConfig(
             mesh=mesh,
@@ -217,7 +233,7 @@ def build_app(args: AppArgs) -> Application:
         )
     )
 
-    ingress_opts = ingress_args.serve_options(max_ongoing, args.inline_object_bytes)
+    ingress_opts = ingress_args.serve_options(max_ongoing, args.replica_env_vars())
     ingress = MirageIngress.options(
         name="MirageIngress",
         graceful_shutdown_timeout_s=ingress_args.graceful_shutdown_timeout_s,

@@ -39,6 +39,21 @@ def test_serve_config_builds_with_fractional_cpus(monkeypatch: pytest.MonkeyPatc
     assert deployments["MirageIngress"].max_ongoing_requests > app_cfg["args"]["ingress"]["max_sessions_per_replica"]
 
 
+def test_every_replica_gets_the_replica_environment() -> None:
+    """The inline-argument limit and the Serve event-loop knobs reach every replica's runtime_env;
+    a config can replace the knobs, and turning the inline limit off drops only that variable."""
+    for name, d in _deployments(build_app(AppArgs())).items():
+        env = d.ray_actor_options["runtime_env"]["env_vars"]
+        assert env["RAY_max_direct_call_object_size"] == str(1024 * 1024), name
+        assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0", name
+        assert env["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0", name
+    args = AppArgs(inline_object_bytes=0, replica_env={"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"})
+    for name, d in _deployments(build_app(args)).items():
+        assert d.ray_actor_options["runtime_env"]["env_vars"] == {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}, name
+    for name, d in _deployments(build_app(AppArgs(inline_object_bytes=0, replica_env={}))).items():
+        assert "runtime_env" not in d.ray_actor_options, name
+
+
 def test_env_cap_keeps_ingress_headroom(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIRAGE_MAX_SESSIONS_PER_REPLICA", "30")
     ingress = _deployments(build_app(AppArgs()))["MirageIngress"]
