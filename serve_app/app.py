@@ -81,6 +81,8 @@ class BatchedArgs(DeploymentArgs):
     num_cpus: float = Field(0.4, gt=0.0)
     max_batch_size: int = Field(8, ge=1, le=64)
     batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0)
+    #: Run each batch in a worker thread rather than on the replica's event loop.
+    compute_in_thread: bool = False
 
     @model_validator(mode="after")
     def _ongoing_fits_batches(self) -> BatchedArgs:
@@ -92,7 +94,11 @@ class BatchedArgs(DeploymentArgs):
         return self
 
     def user_config(self) -> dict[str, Any]:
-        return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
+        return {
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "compute_in_thread": self.compute_in_thread,
+        }
 
     def default_max_ongoing(self, batched_methods: int) -> int:
         """Room for one running and one forming batch per batched method."""
