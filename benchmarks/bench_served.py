@@ -35,7 +35,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mirage.client.load import LoadPlan, run_plan  # noqa: E402
+from mirage.client.encoded import encode_clip  # noqa: E402
+from mirage.client.load import LoadPlan, clip_period, run_plan  # noqa: E402
 from mirage.client.session import SessionOptions  # noqa: E402
 from mirage.client.sources import astronaut_source  # noqa: E402
 from mirage.pipeline import FacePipeline, PipelineConfig  # noqa: E402
@@ -49,6 +50,11 @@ class ProcSample:
     cpu_s: float
     rss_mb: float
     count: int
+    #: CPU seconds per replica kind (MirageIngress, FaceDetector, FaceSwapper, other Ray processes).
+    by_role: dict[str, float]
+
+
+ROLES = ("MirageIngress", "FaceDetector", "FaceSwapper")
 
 
 def sample_ray_processes() -> ProcSample:
@@ -56,6 +62,7 @@ def sample_ray_processes() -> ProcSample:
     cpu = 0.0
     rss_kb = 0
     count = 0
+    by_role = dict.fromkeys((*ROLES, "other"), 0.0)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -64,12 +71,15 @@ def sample_ray_processes() -> ProcSample:
             if b"ray" not in cmdline or b"bench_served" in cmdline:
                 continue
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            cpu += seconds
+            role = next((r for r in ROLES if r.encode() in cmdline), "other")
+            by_role[role] += seconds
             rss_kb += int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * PAGE_KB
             count += 1
         except (OSError, IndexError, ValueError):
             continue
-    return ProcSample(cpu_s=cpu, rss_mb=rss_kb / 1024.0, count=count)
+    return ProcSample(cpu_s=cpu, rss_mb=rss_kb / 1024.0, count=count, by_role=by_role)
 
 
 def free_port() -> int:
@@ -142,6 +152,9 @@ def main() -> int:
     reference = cv2.imdecode(np.frombuffer(reference_bytes, np.uint8), cv2.IMREAD_COLOR)
     source = astronaut_source(640, 480, 30.0)
 
+    # The load client replays one VP8 encode of the stamped clip in every session, so its
+    # CPU does not compete with the server it measures (mirage.client.encoded).
+    encoded = encode_clip(source, clip_period(source, source.fps))
     url = start_app(free_port())
     runs = []
     for count in counts:
@@ -157,6 +170,7 @@ def main() -> int:
             seconds=args.seconds,
             warmup=3.0,
             options=SessionOptions(),
+            encoded=encoded,
         )
         report = asyncio.run(run_plan(plan))
         wall = time.monotonic() - start
@@ -176,6 +190,9 @@ def main() -> int:
                 "server_dropped_frames": metrics.get("dropped_frames", 0) - metrics_before.get("dropped_frames", 0),
                 "server_fallback_frames": metrics.get("fallback_frames", 0) - metrics_before.get("fallback_frames", 0),
                 "ray_cpu_cores": round((after.cpu_s - before.cpu_s) / wall, 2),
+                "ray_cpu_cores_by_role": {
+                    role: round((after.by_role[role] - before.by_role[role]) / wall, 2) for role in after.by_role
+                },
                 "ray_rss_mb": round(after.rss_mb, 1),
                 "ray_processes": after.count,
                 "client_cpu_cores": round(client_cpu / wall, 2),
@@ -212,6 +229,7 @@ def main() -> int:
             f"in {run['ray_processes']} processes; server dropped {run['server_dropped_frames']}, "
             f"fallback {run['server_fallback_frames']}"
         )
+        print(f"    Ray CPU by process: {run['ray_cpu_cores_by_role']}; ingress stage ms: {run['ingress_frame_ms']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"plain_pipeline": plain, "runs": runs}, indent=2))

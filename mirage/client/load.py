@@ -82,6 +82,8 @@ class LoadPlan:
     connect_timeout_s: float = 60.0
     #: "once": encode the clip once and replay it in every session; "live": one encoder per session.
     encode: Literal["once", "live"] = "once"
+    #: With ``encode="once"``: a clip encoded earlier (several runs share one encode); else one is made.
+    encoded: EncodedClip | None = None
 
 
 def clip_period(source: VideoSource, fps: float, seconds: float = 10.0) -> int:
@@ -155,8 +157,8 @@ async def _sleep_unless_ended(session: MirageSession, seconds: float) -> None:
 
 async def run_plan(plan: LoadPlan) -> dict[str, Any]:
     """Run all sessions concurrently; the report dict (also what ``--json`` writes)."""
-    encoded: EncodedClip | None = None
-    if plan.encode == "once":
+    encoded = plan.encoded if plan.encode == "once" else None
+    if plan.encode == "once" and encoded is None:
         from mirage.client.encoded import encode_clip
 
         period = clip_period(plan.source, plan.fps or plan.source.fps)
