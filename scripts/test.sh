@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need and runs the whole suite. Idempotent.
-# Debian's chromium drives the browser test (never a downloaded browser).
+# Debian's chromium and firefox-esr drive the browser tests (never a downloaded browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x /usr/bin/chromium ]; then
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/firefox-esr ] || missing+=(firefox-esr)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: /usr/bin/chromium is missing and this is not root; the browser test will be skipped" >&2
+    echo "note: ${missing[*]} missing and this is not root; the browser tests that need it will be skipped" >&2
   fi
 fi
 
