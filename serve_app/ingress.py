@@ -7,6 +7,7 @@ Routes (README lists them for users):
   GET /webrtc/debug_state              sessions, states, loop exceptions (API key when required)
   POST /webrtc/sessions/{id}/control   a control message for a session (API key when required)
   DELETE /webrtc/sessions/{id}         end a session (API key when required)
+  POST /token                          a short-lived session token (the API key itself required)
   GET /                                the static web client (serve_app/static/)
 """
 
@@ -29,7 +30,15 @@ from ray import serve
 
 from deployments.logs import enable_info_logs
 from mirage.swap.mesh import MeshSwapConfig
-from serve_app.auth import key_from_headers, rejection_message
+from serve_app.auth import (
+    MISSING_KEY_MESSAGE,
+    TOKEN_PREFIX,
+    WRONG_KEY_MESSAGE,
+    is_the_key,
+    key_from_headers,
+    mint_token,
+    rejection_message,
+)
 from serve_app.drain import DrainWatcher
 from serve_app.ice import ice_server_dicts
 from serve_app.metrics import RayFrameMetrics, RollingStats
@@ -261,6 +270,20 @@ class MirageIngress:
         reply = await session.handle_control(body)
         status = 200 if reply.get("type") == "ack" else 400
         return JSONResponse(reply, status_code=status)
+
+    @app.post("/token")
+    async def session_token(self, request: Request) -> dict[str, Any]:
+        """A token for a browser, valid MIRAGE_TOKEN_TTL seconds; only the key itself can ask (not a token)."""
+        auth = self.settings.auth
+        if not auth.require_api_key:
+            raise HTTPException(status_code=400, detail="This server does not require an API key, so it issues no tokens.")
+        provided = key_from_headers(request.headers)
+        if not is_the_key(auth, provided):
+            if provided and provided.startswith(TOKEN_PREFIX):
+                raise HTTPException(status_code=401, detail="A token cannot ask for tokens: send the API key itself.")
+            raise HTTPException(status_code=401, detail=MISSING_KEY_MESSAGE if not provided else WRONG_KEY_MESSAGE)
+        token = mint_token(auth)
+        return {"token": token.token, "expires_at": token.expires_at, "ttl_s": auth.token_ttl_s}
 
     @app.delete("/webrtc/sessions/{session_id}")
     async def end_session(self, session_id: str, request: Request) -> dict[str, Any]:

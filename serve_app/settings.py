@@ -81,6 +81,8 @@ class AuthSettings:
 
     api_key: str | None = field(default=None, repr=False)
     require_api_key: bool = False
+    #: Lifetime of the short-lived session tokens ``POST /token`` signs with the key (MIRAGE_TOKEN_TTL).
+    token_ttl_s: int = 300
 
     @property
     def enabled(self) -> bool:
@@ -154,7 +156,11 @@ class Settings:
         require = env_flag(env, "MIRAGE_REQUIRE_API_KEY", base.auth.require_api_key)
         if require and not api_key:
             raise ValueError("MIRAGE_REQUIRE_API_KEY=1 needs MIRAGE_API_KEY to be set to the shared secret.")
-        auth = AuthSettings(api_key=api_key, require_api_key=require)
+        auth = AuthSettings(
+            api_key=api_key,
+            require_api_key=require,
+            token_ttl_s=_env_int(env, "MIRAGE_TOKEN_TTL", base.auth.token_ttl_s, 10, 7 * 24 * 3600),
+        )
 
         s = base.session
         fallback = env.get("MIRAGE_FALLBACK", s.fallback).strip().lower() or s.fallback

@@ -119,6 +119,9 @@
     if (Number.isInteger(config.max_faces_limit) && config.max_faces_limit >= 1) ui.maxFaces.max = String(config.max_faces_limit);
     if (Number.isInteger(config.max_faces) && config.max_faces >= 1) ui.maxFaces.value = String(config.max_faces);
     ui.apiKeyField.hidden = !config.require_api_key;
+    // A page opened as /?token=… (a short-lived token from POST /token) uses it as its key.
+    const token = new URLSearchParams(window.location.search).get("token");
+    if (token && !ui.apiKey.value) ui.apiKey.value = token;
   }
 
   // ------------------------------------------------------------------ reference photo

@@ -23,6 +23,8 @@ import pytest
 from mirage.client.session import ClientConfig, MirageSession
 from mirage.client.sources import astronaut_source
 from mirage.client.stamp import BAND_WIDTH, BLOCK, read_stamp
+from serve_app.auth import mint_token
+from serve_app.settings import AuthSettings
 from tests.browser.conftest import WebApp, launch
 from tests.faces import tom_hanks_path
 from tests.integration.served import http
@@ -215,6 +217,26 @@ def test_page_explains_a_wrong_api_key(page, web_app: WebApp) -> None:  # type: 
     _start_session(page, web_app, tom_hanks_path(), api_key="not-the-key")
     page.wait_for_function("document.body.dataset.state === 'error'", timeout=30_000)
     assert "The API key was not accepted" in page.inner_text("#error")
+
+
+def test_page_takes_a_session_token_from_its_address(page, web_app: WebApp) -> None:  # type: ignore[no-untyped-def]
+    """/?token=… fills the key field with the token; an expired one is refused in plain words."""
+    if web_app.api_key is None:
+        pytest.skip("this app runs without an API key")
+    status, body = http(web_app.url + "token", method="POST", headers={"X-API-Key": web_app.api_key})
+    assert status == 200, body
+    page.goto(f"{web_app.url}?token={body['token']}")
+    page.wait_for_function("document.body.dataset.state === 'idle'", timeout=15_000)
+    assert page.input_value("#api-key") == body["token"]
+
+    expired = mint_token(AuthSettings(api_key=web_app.api_key, require_api_key=True), now=time.time() - 3600).token
+    page.goto(f"{web_app.url}?token={expired}")
+    page.wait_for_function("document.body.dataset.state === 'idle'", timeout=15_000)
+    page.set_input_files("#reference", str(tom_hanks_path()))
+    page.wait_for_function("!document.getElementById('start').disabled", timeout=10_000)
+    page.click("#start")
+    page.wait_for_function("document.body.dataset.state === 'error'", timeout=30_000)
+    assert "token has expired" in page.inner_text("#error")
 
 
 @contextmanager

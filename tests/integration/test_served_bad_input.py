@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import cv2
 import numpy as np
 import pytest
 
 from mirage.client.session import SessionRefused
+from serve_app.auth import mint_token
+from serve_app.settings import AuthSettings
 from tests.integration.peer import (
     client_config,
     make_offer,
@@ -109,6 +112,35 @@ def test_api_key_is_required(served: ServedApp, good_offer: str) -> None:
     assert status == 401 and body["detail"] == "The API key is not valid for this server."
     status, body = http(served.url + "/webrtc/sessions/nope", method="DELETE")
     assert status == 401 and "requires an API key" in body["detail"]
+
+
+def test_a_short_lived_token_stands_in_for_the_key(served: ServedApp, good_offer: str) -> None:
+    """POST /token (the key itself required) gives a token a browser can use instead of the key;
+    an expired token is refused with its own sentence."""
+    status, body = http(served.url + "/token", method="POST")
+    assert status == 401 and "requires an API key" in body["detail"]
+    status, body = http(served.url + "/token", method="POST", headers={"X-API-Key": "wrong"})
+    assert status == 401 and body["detail"] == "The API key is not valid for this server."
+    status, body = http(served.url + "/token", method="POST", headers={"X-API-Key": served.api_key})
+    assert status == 200 and body["ttl_s"] == 300 and body["token"].startswith("mt1.")
+    token = body["token"]
+    assert served.api_key not in token
+    status, body = http(served.url + "/token", method="POST", headers={"Authorization": f"Bearer {token}"})
+    assert status == 401 and "cannot ask for tokens" in body["detail"]
+
+    async def run() -> int:
+        session = await open_session(client_config(served.url, token, fps=10.0))
+        try:
+            await session.wait_frames(3, timeout=40)
+            return session.stats.frames
+        finally:
+            await session.close()
+
+    assert asyncio.run(run()) >= 3
+    expired = mint_token(AuthSettings(api_key=served.api_key, require_api_key=True, token_ttl_s=10), now=time.time() - 60)
+    out = _refused(served, offer_message(good_offer, api_key=expired.token))
+    assert out.error["code"] == "unauthorized" and "token has expired" in out.error["message"]
+    assert out.close_code == 4401
 
 
 def test_garbage_in_a_live_session(served: ServedApp) -> None:
