@@ -50,6 +50,10 @@ class BatchingConfig(BaseModel):
     #: Run each batch in a worker thread instead of on the replica's event loop.
     compute_in_thread: bool = False
 
+    def describe(self) -> str:
+        where = "in a worker thread" if self.compute_in_thread else "on the event loop"
+        return f"max {self.max_batch_size}, wait {self.batch_wait_timeout_s * 1000:.1f} ms, {where}"
+
 
 @dataclass(frozen=True)
 class DetectorConfig:
@@ -109,12 +113,7 @@ class FaceDetector:
             method.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
             method.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._batching = cfg
-        logger.info(
-            "FaceDetector batching: max %d, wait %.1f ms, %s",
-            cfg.max_batch_size,
-            cfg.batch_wait_timeout_s * 1000,
-            "in a worker thread" if cfg.compute_in_thread else "on the event loop",
-        )
+        logger.info("FaceDetector batching: %s", cfg.describe())
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def detect(self, items: list[DetectorInput]) -> list[list[Detection]]:

@@ -234,12 +234,7 @@ class FaceSwapper:
         self.swap.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
         self.swap.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._batching = cfg
-        logger.info(
-            "FaceSwapper batching: max %d, wait %.1f ms, %s",
-            cfg.max_batch_size,
-            cfg.batch_wait_timeout_s * 1000,
-            "in a worker thread" if cfg.compute_in_thread else "on the event loop",
-        )
+        logger.info("FaceSwapper batching: %s", cfg.describe())
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def swap(self, items: list[SwapItem]) -> list[SwapResult]:

@@ -349,8 +349,7 @@ class FrameProcessor:
             try:
                 if mesh_items is None:
                     mesh_items = await asyncio.to_thread(self._prep.mesh_inputs, image, rois)
-                items = mesh_items
-                raw = list(await self._call(asyncio.gather(*(self._models.landmarks(i) for i in items))))
+                raw = list(await self._call(asyncio.gather(*(self._models.landmarks(i) for i in mesh_items))))
             except Exception as exc:  # noqa: BLE001
                 stages["landmarks"] = (time.perf_counter() - start) * 1000.0
                 logger.debug("landmarks failed (%s)", type(exc).__name__)

@@ -23,16 +23,15 @@ import cv2
 import numpy as np
 import pytest
 
-from mirage.client.stamp import BAND_WIDTH, BLOCK, read_stamp
+from mirage.client.stamp import read_stamp
 from tests.browser.bidi import FIREFOX, FirefoxBidi
 from tests.browser.conftest import WebApp
+from tests.browser.swap_check import assert_swapped
 from tests.faces import tom_hanks_path
 from tests.media import astronaut_clip
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-#: The astronaut's face (skin, brows to chin) in scikit-image's 512x512 photo (as in test_web_client.py).
-FACE_BOX_PHOTO = (180.0, 85.0, 275.0, 190.0)
 #: Every STEP-th frame of the 30 fps clip is a camera frame; each shows for STEP ticks (real-time motion).
 STEP = 3
 
@@ -147,17 +146,6 @@ def _grab(ff: FirefoxBidi, selector: str) -> np.ndarray | None:
     return image if image is not None and image.size else None
 
 
-def _face_box(index: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The astronaut's face box in sent frame ``index``, scaled to a frame of ``size`` (w, h)."""
-    clip = astronaut_clip()
-    x1, y1, x2, y2 = FACE_BOX_PHOTO
-    corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]], dtype=np.float64)
-    mapped = corners @ clip.matrix(index).T
-    sx, sy = size[0] / clip.size[0], size[1] / clip.size[1]
-    return (int(mapped[:, 0].min() * sx), int(mapped[:, 1].min() * sy),
-            int(np.ceil(mapped[:, 0].max() * sx)), int(np.ceil(mapped[:, 1].max() * sy)))
-
-
 def _open_page(ff: FirefoxBidi, app: WebApp) -> None:
     ff.navigate(app.url)
     ff.wait_for("document.body.dataset.state === 'idle'", timeout=15)
@@ -201,26 +189,7 @@ def test_firefox_swaps_the_camera_live(page: FirefoxBidi, web_app: WebApp, camer
         if received is None or number not in camera_frames:
             time.sleep(0.2)
             continue
-        height, width = received.shape[:2]
-        assert max(width, height) <= 512, "the server sends at most 512 px on the longest side"
-        original = cv2.resize(camera_frames[number], (width, height), interpolation=cv2.INTER_AREA)
-        diff = np.abs(received.astype(np.int16) - original.astype(np.int16)).mean(axis=2)
-        x1, y1, x2, y2 = _face_box(number, (width, height))
-        face = diff[y1:y2, x1:x2].mean()
-        background = np.ones_like(diff, dtype=bool)
-        pad_x, pad_y = (x2 - x1) // 2, (y2 - y1) // 2
-        background[max(0, y1 - pad_y) : y2 + pad_y * 2, max(0, x1 - pad_x) : x2 + pad_x] = False  # face, hair, neck
-        background[: int(np.ceil(BLOCK * width / 640)), : int(np.ceil(BAND_WIDTH * width / 640))] = False  # stamp
-        background[int(height * 0.8) :, int(width * 0.7) :] = False  # the "AI-modified" badge corner
-        rest = diff[background].mean()
-        assert face > 20.0, f"frame {number}: the face region barely changed (mean diff {face:.1f})"
-        assert rest < 10.0, f"frame {number}: the background changed too much (mean diff {rest:.1f})"
-        assert face > 3 * rest
-        sharp_received = cv2.Laplacian(cv2.cvtColor(received[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
-        sharp_sent = cv2.Laplacian(cv2.cvtColor(original[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
-        assert sharp_received > 0.15 * sharp_sent, f"frame {number}: the face looks blurred, not swapped"
-        print(f"firefox frame {number} ({width}x{height}): face diff {face:.1f}, background diff {rest:.1f}, "
-              f"face sharpness {sharp_received:.0f} vs sent {sharp_sent:.0f}")
+        print("firefox " + assert_swapped(received, camera_frames[number], number))
         checked += 1
         time.sleep(0.3)
     assert checked == 3, "no stamped swapped frame could be read from the page's video"
