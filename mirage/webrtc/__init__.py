@@ -1,0 +1,1 @@
+"""Mirage's narrow adapters over aiortc / aioice (see :mod:`mirage.webrtc.guard`)."""
