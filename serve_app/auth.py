@@ -54,12 +54,17 @@ def mint_token(auth: AuthSettings, now: float | None = None) -> SessionToken:
     return SessionToken(token=f"{TOKEN_PREFIX}{expires_at}.{_mac(auth.api_key, expires_at)}", expires_at=expires_at)
 
 
+def _canonical_expiry(text: str) -> bool:
+    """The one spelling ``mint_token`` writes: ASCII digits, no sign, no leading zero, at most 12 digits."""
+    return 0 < len(text) <= 12 and text.isascii() and text.isdigit() and (text == "0" or text[0] != "0")
+
+
 def token_state(auth: AuthSettings, provided: str, now: float | None = None) -> TokenState:
     """Whether ``provided`` is a token signed with the key, and still valid (MAC compared in constant time)."""
     if not auth.api_key or not provided.startswith(TOKEN_PREFIX):
         return "invalid"
     expiry_text, _, mac = provided[len(TOKEN_PREFIX):].partition(".")
-    if not expiry_text.isdigit() or not mac:
+    if not _canonical_expiry(expiry_text) or not mac:
         return "invalid"
     expires_at = int(expiry_text)
     if not hmac.compare_digest(mac.encode("ascii", "replace"), _mac(auth.api_key, expires_at).encode("ascii")):
@@ -86,13 +91,17 @@ def key_matches(auth: AuthSettings, provided: str | None, now: float | None = No
 
 
 def key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The key from ``X-API-Key`` or ``Authorization: Bearer <key>`` (case-insensitive names)."""
+    """The key from ``X-API-Key`` or ``Authorization: Bearer <key>`` (case-insensitive names).
+
+    The key is taken as sent: no whitespace is stripped from it (the HTTP parser itself
+    drops the header value's outer spaces), so ``"\tkey"`` or ``"key "`` is a different key.
+    """
     lowered = {k.lower(): v for k, v in headers.items()}
     if lowered.get(API_KEY_HEADER):
-        return lowered[API_KEY_HEADER].strip()
+        return lowered[API_KEY_HEADER]
     bearer = lowered.get("authorization", "")
-    if bearer.lower().startswith("bearer "):
-        return bearer[7:].strip() or None
+    if bearer[:7].lower() == "bearer ":
+        return bearer[7:] or None
     return None
 
 

@@ -73,6 +73,26 @@ class IceSettings:
     force_relay: bool = False
     prefer_h264: bool = False
     turn_tls_only: bool = False
+    #: Host-candidate allow-list (IPs or interface names; MIRAGE_ICE_HOST_ADDRESSES), empty: every
+    #: non-loopback address (aioice's default). NAT 1:1 address written into host candidates
+    #: (MIRAGE_ICE_ANNOUNCED_ADDRESS). See mirage.webrtc.guard and docs/security.md.
+    host_addresses: tuple[str, ...] = ()
+    announced_address: str | None = None
+
+
+MIN_TOKEN_TTL_S = 10
+MAX_TOKEN_TTL_S = 7 * 24 * 3600
+
+
+def _env_int_strict(env: Mapping[str, str], name: str, default: int) -> int:
+    """An integer variable that must be valid when set (no silent default, no clamping)."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{name}={raw!r} is not a whole number of seconds")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,12 @@ class AuthSettings:
     require_api_key: bool = False
     #: Lifetime of the short-lived session tokens ``POST /token`` signs with the key (MIRAGE_TOKEN_TTL).
     token_ttl_s: int = 300
+
+    def __post_init__(self) -> None:
+        if not MIN_TOKEN_TTL_S <= self.token_ttl_s <= MAX_TOKEN_TTL_S:
+            raise ValueError(
+                f"MIRAGE_TOKEN_TTL must be within {MIN_TOKEN_TTL_S}..{MAX_TOKEN_TTL_S} seconds, got {self.token_ttl_s}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -113,6 +139,12 @@ class SessionSettings:
     hold_s: float = 0.5
     idle_timeout_s: float = 10.0
     offer_timeout_s: float = 15.0
+    #: A socket that has not sent a valid, authenticated offer is closed after this long, and at
+    #: most ``max_pending_sockets`` such sockets are open per replica (their own budget: they never
+    #: hold a session slot). Refusals when full carry ``retry_after_s``.
+    unauth_timeout_s: float = 10.0
+    max_pending_sockets: int = 8
+    retry_after_s: float = 5.0
     stats_interval_s: float = 1.0
     max_reference_bytes: int = 10 * 1024 * 1024
     max_reference_side: int = 4096
@@ -151,6 +183,8 @@ class Settings:
             force_relay=env_flag(env, "MIRAGE_FORCE_RELAY", base.ice.force_relay),
             prefer_h264=env_flag(env, "MIRAGE_PREFER_H264", base.ice.prefer_h264),
             turn_tls_only=env_flag(env, "MIRAGE_TURN_TLS_ONLY", base.ice.turn_tls_only),
+            host_addresses=env_list(env, "MIRAGE_ICE_HOST_ADDRESSES") or base.ice.host_addresses,
+            announced_address=env.get("MIRAGE_ICE_ANNOUNCED_ADDRESS", "").strip() or base.ice.announced_address,
         )
         api_key = env.get("MIRAGE_API_KEY") or base.auth.api_key
         require = env_flag(env, "MIRAGE_REQUIRE_API_KEY", base.auth.require_api_key)
@@ -159,7 +193,7 @@ class Settings:
         auth = AuthSettings(
             api_key=api_key,
             require_api_key=require,
-            token_ttl_s=_env_int(env, "MIRAGE_TOKEN_TTL", base.auth.token_ttl_s, 10, 7 * 24 * 3600),
+            token_ttl_s=_env_int_strict(env, "MIRAGE_TOKEN_TTL", base.auth.token_ttl_s),
         )
 
         s = base.session

@@ -52,4 +52,27 @@ def test_a_token_from_another_key_is_refused() -> None:
 def test_token_ttl_comes_from_the_environment() -> None:
     env = {"MIRAGE_API_KEY": "k", "MIRAGE_REQUIRE_API_KEY": "1", "MIRAGE_TOKEN_TTL": "60"}
     assert Settings.from_env(env).auth.token_ttl_s == 60
-    assert Settings.from_env({**env, "MIRAGE_TOKEN_TTL": "nonsense"}).auth.token_ttl_s == 300
+    for bad in ("nonsense", "2", "9", "-60", "60.5", "\u0666\u0660", str(7 * 24 * 3600 + 1)):
+        with pytest.raises(ValueError, match="MIRAGE_TOKEN_TTL"):
+            Settings.from_env({**env, "MIRAGE_TOKEN_TTL": bad})
+
+
+def test_a_token_has_one_spelling() -> None:
+    token = mint_token(AUTH, now=1_000_000.0).token
+    _, expiry, mac = token.split(".")
+    assert token_state(AUTH, token, now=1_000_001.0) == "valid"
+    arabic = "".join(chr(0x0660 + int(d)) for d in expiry)
+    for variant in (f"mt1.0{expiry}.{mac}", f"mt1.{arabic}.{mac}", f"mt1.+{expiry}.{mac}", f"mt1.{expiry}.{mac}=",
+                    f"mt1. {expiry}.{mac}", f"mt1.{expiry}.{mac} "):
+        assert token_state(AUTH, variant, now=1_000_001.0) == "invalid", variant
+
+
+def test_keys_are_compared_as_sent() -> None:
+    from serve_app.auth import key_from_headers, key_matches
+
+    for sent in ("\ts3cret-key", "s3cret-key ", " s3cret-key", "s3cret-key\n", "S3CRET-KEY"):
+        assert not key_matches(AUTH, sent), repr(sent)
+        assert not key_matches(AUTH, key_from_headers({"Authorization": f"Bearer {sent}"})), repr(sent)
+        assert not key_matches(AUTH, key_from_headers({"X-API-Key": sent})), repr(sent)
+    assert key_matches(AUTH, key_from_headers({"authorization": "bearer s3cret-key"}))
+    assert key_matches(AUTH, key_from_headers({"x-api-key": "s3cret-key"}))
