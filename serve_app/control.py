@@ -42,7 +42,8 @@ class ControlError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: JSON types as sent, no coercion ("2", true or "yes" is not a number or a boolean).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SessionOptions(_Strict):
@@ -88,6 +89,24 @@ _CONTROL = TypeAdapter(ControlMessage)
 CONTROL_TYPES = ("set_reference", "set_options", "ping")
 
 
+#: Longest integer literal accepted in a message (ids and counts are small).
+MAX_INT_DIGITS = 18
+
+
+class _NumberError(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _NumberError(f"Numbers in messages are limited to {MAX_INT_DIGITS} digits.")
+    return int(text)
+
+
+def _no_constant(text: str) -> float:
+    raise _NumberError(f"{text} is not valid JSON.")
+
+
 def _load_json(text: str | bytes) -> dict[str, Any]:
     if isinstance(text, bytes):
         try:
@@ -97,8 +116,10 @@ def _load_json(text: str | bytes) -> dict[str, Any]:
     if len(text) > MAX_MESSAGE_CHARS:
         raise ControlError("bad_request", "The message is too large.")
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        data = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except _NumberError as exc:
+        raise ControlError("bad_request", str(exc)) from None
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; so is a too-long integer
         raise ControlError("bad_request", "The message is not valid JSON.") from None
     if not isinstance(data, dict):
         raise ControlError("bad_request", "The message must be a JSON object with a \"type\".")
@@ -147,6 +168,9 @@ def parse_offer(text: str | bytes) -> OfferMessage:
 def decode_reference(reference_b64: str, max_bytes: int) -> bytes:
     """Base64 (optionally a ``data:`` URL) to bytes, refusing oversize input before decoding it."""
     payload = _DATA_URL_RE.sub("", reference_b64.strip(), count=1)
+    # MIME base64 (RFC 2045) breaks lines every 76 characters: line breaks are not data.
+    if "\n" in payload or "\r" in payload:
+        payload = payload.replace("\r", "").replace("\n", "")
     if len(payload) * 3 // 4 > max_bytes + 3:
         raise ControlError(
             "bad_reference", f"The reference photo is larger than {max_bytes // (1024 * 1024)} MB; choose a smaller photo."
@@ -167,8 +191,13 @@ def decode_reference(reference_b64: str, max_bytes: int) -> bytes:
 # --- server -> client -----------------------------------------------------------------
 
 
-def error_message(code: str, message: str, request_id: int | None = None) -> dict[str, Any]:
-    return {"type": "error", "id": request_id, "code": code, "message": message}
+def error_message(
+    code: str, message: str, request_id: int | None = None, *, retry_after_s: float | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "id": request_id, "code": code, "message": message}
+    if retry_after_s is not None:
+        out["retry_after_s"] = retry_after_s
+    return out
 
 
 def ack_message(request_id: int | None, note: str | None = None) -> dict[str, Any]:

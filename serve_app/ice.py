@@ -16,6 +16,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
+from mirage.webrtc.guard import IcePolicy
 from serve_app.settings import IceSettings
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,43 @@ def rtc_configuration(ice: IceSettings) -> RTCConfiguration:
     return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 
 
+def ice_policy(ice: IceSettings) -> IcePolicy:
+    """Host-candidate allow-list and NAT 1:1 address for the server's peer connections (always filtered)."""
+    return IcePolicy(host_addresses=ice.host_addresses, announced_address=ice.announced_address)
+
+
 # --- SDP ---------------------------------------------------------------------------
+
+#: Fingerprint algorithms aiortc can check, and their digest sizes in bytes.
+FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
+_FINGERPRINT_RE = re.compile(r"^a=fingerprint:(\S+) ([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*)\s*$")
+
+
+def _usable_fingerprint(lines: list[str]) -> bool:
+    for line in lines:
+        m = _FINGERPRINT_RE.match(line.strip())
+        if m and FINGERPRINT_BYTES.get(m.group(1).lower()) == len(m.group(2).split(":")):
+            return True
+    return False
+
+
+def fingerprint_problem(sdp: str) -> str | None:
+    """None when every active media section has a DTLS fingerprint aiortc can verify; else why not.
+
+    Checked before answering: aiortc would answer an offer without one and then fail in
+    its connect task (an AssertionError no one awaits).
+    """
+    sections = _sections(sdp)
+    session_level = _usable_fingerprint(sections[0])
+    for sec in sections[1:]:
+        head = sec[0].split()
+        if len(head) > 1 and head[1] == "0":
+            continue  # a rejected section carries no media
+        if not (session_level or _usable_fingerprint(sec[1:])):
+            return "The offer has no usable DTLS fingerprint (a=fingerprint:sha-256 followed by 32 hex byte pairs)."
+    return None
+
+
 
 
 def _sections(sdp: str) -> list[list[str]]:

@@ -163,7 +163,7 @@ class MirageIngress:
         cv2.setNumThreads(max(1, self.config.opencv_threads))
         self.stats = RollingStats(target_fps=settings.session.max_fps)
         self.sink = RayFrameMetrics()
-        self.registry = SessionRegistry(settings.session.max_sessions_per_replica)
+        self.registry = SessionRegistry(settings.session.max_sessions_per_replica, settings.session.max_pending_sockets)
         self.models = ServeModelClient(detector, swapper)
         self._detector = detector
         self._swapper = swapper
@@ -385,6 +385,8 @@ class MirageIngress:
             "accepting": self.registry.accepting,
             "total_started": self.registry.total_started,
             "total_refused": self.registry.total_refused,
+            "pending_sockets": self.registry.pending,
+            "total_pending_refused": self.registry.total_pending_refused,
             "open_peer_connections": open_peer_connections(),
             "loop_exceptions": self.loop_exceptions,
             "loop_tasks": len(asyncio.all_tasks()),

@@ -188,6 +188,8 @@ class FrameMetricsSink(Protocol):
 
     def refused(self, reason: str) -> None: ...
 
+    def spoofed(self, count: int) -> None: ...
+
 
 class NullSink:
     def frame(self, rec: FrameRecord) -> None:
@@ -202,6 +204,9 @@ class NullSink:
     def refused(self, reason: str) -> None:
         pass
 
+    def spoofed(self, count: int) -> None:
+        pass
+
 
 @dataclass
 class RayFrameMetrics:
@@ -213,6 +218,7 @@ class RayFrameMetrics:
     _stage: Any = field(init=False)
     _sessions: Any = field(init=False)
     _refused: Any = field(init=False)
+    _spoofed: Any = field(init=False)
 
     def __post_init__(self) -> None:
         from ray.serve import metrics
@@ -236,6 +242,10 @@ class RayFrameMetrics:
         self._refused = metrics.Counter(
             "mirage_sessions_refused", description="Sessions refused.", tag_keys=("reason",)
         )
+        self._spoofed = metrics.Counter(
+            "mirage_spoofed_datagrams",
+            description="DTLS/SRTP/RTP datagrams dropped because ICE had not validated their source address.",
+        )
 
     def frame(self, rec: FrameRecord) -> None:
         self._frames.inc()
@@ -253,3 +263,7 @@ class RayFrameMetrics:
 
     def refused(self, reason: str) -> None:
         self._refused.inc(tags={"reason": reason})
+
+    def spoofed(self, count: int) -> None:
+        if count > 0:
+            self._spoofed.inc(count)

@@ -28,9 +28,11 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from mirage.client.jitter import use_marker_frames
 from mirage.types import SwapOptions
-from serve_app.auth import rejection_message
+from mirage.webrtc.guard import DropCounters, guard_peer_connection
+from serve_app.auth import key_matches, rejection_message
 from serve_app.control import (
     ControlError,
+    OfferMessage,
     Ping,
     SetOptions,
     SetReference,
@@ -42,7 +44,7 @@ from serve_app.control import (
     parse_control,
     parse_offer,
 )
-from serve_app.ice import has_receivable_video, prefer_codec, rtc_configuration
+from serve_app.ice import fingerprint_problem, has_receivable_video, ice_policy, prefer_codec, rtc_configuration
 from serve_app.media import DelayedAudioTrack, LatestFramePump, OrderedVideoTrack, cancel_and_wait
 from serve_app.metrics import FrameMetricsSink, FrameRecord, NullSink, RollingStats
 from serve_app.orchestrator import FramePreparer, FrameProcessor, ModelClient, SessionControls, VideoLoop
@@ -58,6 +60,8 @@ CLOSE_UNAUTHORIZED = 4401
 
 #: Why sessions end when the replica shuts down (closed with 1001 "going away").
 SHUTDOWN_REASON = "server shutting down"
+#: Why a session ends when its client closed the WebSocket (nothing is sent back then).
+CLIENT_CLOSED = "client closed the session"
 #: How long building an identity from a reference photo may take.
 IDENTITY_TIMEOUT_S = 20.0
 
@@ -114,6 +118,8 @@ class Session:
         self.counters = SessionCounters()
         self._pc = RTCPeerConnection(configuration=rtc_configuration(ctx.settings.ice))
         _ALL_PEER_CONNECTIONS.add(self._pc)
+        #: Datagrams dropped because they came from an address ICE had not validated (mirage.webrtc.guard).
+        self.spoofed = DropCounters()
         self._video_in: Any = None
         self._audio_in: Any = None
         self._video_out: OrderedVideoTrack | None = None
@@ -169,6 +175,9 @@ class Session:
             raise ControlError("bad_offer", "The SDP offer is malformed or uses nothing this server supports.") from None
         if self._video_in is None:
             raise ControlError("bad_offer", "The offer has no camera video; send a sendrecv video track.")
+        # Before gathering (setLocalDescription): host-address allow-list, and DTLS/SRTP/RTP only
+        # from the address ICE validates (a spoofed ClientHello never ends the session).
+        guard_peer_connection(self._pc, ice_policy(self._ctx.settings.ice), self.spoofed)
         for transceiver in self._pc.getTransceivers():
             if transceiver.kind == "video":
                 # Decode each camera frame on its last packet, not when the next frame starts (-1 frame of latency).
@@ -320,7 +329,7 @@ class Session:
             while True:
                 message = await ws.receive()
                 if message.get("type") == "websocket.disconnect":
-                    self.end("client closed the session")
+                    self.end(CLIENT_CLOSED)
                     return
                 payload = message.get("text")
                 if payload is None:
@@ -397,6 +406,8 @@ class Session:
         if key:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ctx.models.forget_identity(key), 2.0)
+        if self.spoofed.total:
+            self._ctx.sink.spoofed(self.spoofed.total)
         self.state = "closed"
 
     def describe(self) -> dict[str, Any]:
@@ -420,6 +431,7 @@ class Session:
             "latency_ms": round(self.counters.latency_ema_ms, 1),
             "faces": self.counters.faces_last,
             "control_errors": self.counters.control_errors,
+            "spoofed_datagrams": self.spoofed.as_dict(),
             "tasks": len(self._tasks),
         }
 
@@ -427,8 +439,12 @@ class Session:
 class SessionRegistry:
     """This replica's sessions and its cap (slots are reserved before any heavy work)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_pending: int = 8) -> None:
         self.capacity = capacity
+        #: Sockets still before a valid, authenticated offer: their own small budget, no session slot.
+        self.max_pending = max_pending
+        self.pending = 0
+        self.total_pending_refused = 0
         self._reserved: set[str] = set()
         self._sessions: dict[str, Session] = {}
         self.accepting = True
@@ -444,6 +460,17 @@ class SessionRegistry:
         self._reserved.add(session_id)
         self.total_started += 1
         return session_id
+
+    def enter_pending(self) -> bool:
+        """Admit one not-yet-authenticated socket, or False when their budget is spent."""
+        if self.pending >= self.max_pending:
+            self.total_pending_refused += 1
+            return False
+        self.pending += 1
+        return True
+
+    def leave_pending(self) -> None:
+        self.pending = max(0, self.pending - 1)
 
     def attach(self, session: Session) -> None:
         self._sessions[session.id] = session
@@ -472,15 +499,53 @@ class SessionRegistry:
             session.end(reason)
 
 
-async def _send_error(ws: Any, code: str, message: str, close_code: int) -> None:
+async def _send_error(ws: Any, code: str, message: str, close_code: int, retry_after_s: float | None = None) -> None:
     with contextlib.suppress(Exception):
-        await ws.send_text(json.dumps(error_message(code, message)))
+        await ws.send_text(json.dumps(error_message(code, message, retry_after_s=retry_after_s)))
+    reason = message if retry_after_s is None else f"{message} retry_after_s={retry_after_s:g}"
     with contextlib.suppress(Exception):
-        await ws.close(code=close_code, reason=message[:120])
+        await ws.close(code=close_code, reason=_close_reason(reason))
+
+
+def _close_reason(text: str) -> str:
+    """A WebSocket close reason must fit in 123 bytes of UTF-8."""
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
 def _close_code_for(code: str) -> int:
-    return CLOSE_UNAUTHORIZED if code == "unauthorized" else CLOSE_BAD_REQUEST
+    if code == "unauthorized":
+        return CLOSE_UNAUTHORIZED
+    return CLOSE_TRY_AGAIN_LATER if code == "busy" else CLOSE_BAD_REQUEST
+
+
+async def _read_offer(ws: Any, ctx: SessionContext, header_key: str | None) -> tuple[OfferMessage, bytes] | None:
+    """The first message, checked before any resource is reserved: key, bounded offer, fingerprint, photo.
+
+    None when the client went away first; a ControlError for everything refused.
+    """
+    settings = ctx.settings
+    timeout = settings.session.unauth_timeout_s
+    try:
+        first = await asyncio.wait_for(ws.receive(), timeout)
+    except asyncio.TimeoutError:
+        raise ControlError("bad_request", f"No offer arrived within {timeout:g} s.") from None
+    if first.get("type") == "websocket.disconnect":
+        return None
+    offer = parse_offer(first.get("text") if first.get("text") is not None else (first.get("bytes") or b""))
+    refusal = rejection_message(settings.auth, header_key or offer.api_key)
+    if refusal is not None:
+        ctx.sink.refused("unauthorized")
+        raise ControlError("unauthorized", refusal)
+    if not has_receivable_video(offer.sdp):
+        raise ControlError("bad_offer", "The offer has no camera video; send a sendrecv video track.")
+    problem = fingerprint_problem(offer.sdp)
+    if problem is not None:
+        raise ControlError("bad_offer", problem)
+    photo = decode_reference(offer.reference_b64, settings.session.max_reference_bytes)
+    max_faces = offer.options.max_faces or settings.session.max_faces
+    if max_faces > settings.session.max_faces_limit:
+        raise ControlError("bad_request", f"max_faces is limited to {settings.session.max_faces_limit}.")
+    return offer, photo
 
 
 async def serve_session(
@@ -490,39 +555,62 @@ async def serve_session(
     header_key: str | None,
     on_change: Callable[[], None] | None = None,
 ) -> None:
-    """The whole life of one ``/ws/session`` request (protocol: see the served-app contract)."""
+    """The whole life of one ``/ws/session`` request (protocol: see the served-app contract).
+
+    Nothing is reserved before the client is authenticated and its offer read: until then
+    the socket counts against a small separate budget (``max_pending_sockets``) and a short
+    deadline (``unauth_timeout_s``), so idle or unauthenticated sockets never hold a slot.
+    """
     await ws.accept()
+    settings = ctx.settings
+    retry = settings.session.retry_after_s
+    if not registry.accepting:
+        ctx.sink.refused("server_full")
+        await _send_error(ws, "server_full", "The server is shutting down; please try again later.",
+                          CLOSE_TRY_AGAIN_LATER, retry)
+        return
+    if header_key is not None and not key_matches(settings.auth, header_key):
+        ctx.sink.refused("unauthorized")
+        await _send_error(ws, "unauthorized", rejection_message(settings.auth, header_key) or "", CLOSE_UNAUTHORIZED)
+        return
+    # A socket that proved the key in its handshake headers skips the unauthenticated budget.
+    pending = not (header_key is not None and settings.auth.require_api_key)
+    if pending and not registry.enter_pending():
+        ctx.sink.refused("pending_full")
+        await _send_error(ws, "server_full", "Too many connections are waiting to start a session; please try again.",
+                          CLOSE_TRY_AGAIN_LATER, retry)
+        return
+    try:
+        try:
+            read = await _read_offer(ws, ctx, header_key)
+        finally:
+            if pending:
+                registry.leave_pending()
+    except ControlError as exc:
+        await _send_error(ws, exc.code, exc.message, _close_code_for(exc.code))
+        return
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - never an unhandled exception out of a session
+        logger.exception("session offer could not be read (%s)", type(exc).__name__)
+        await _send_error(ws, "internal", "The server could not read this offer.", 1011)
+        return
+    if read is None:
+        return
+    offer, photo = read
     session_id = registry.reserve()
     if session_id is None:
         ctx.sink.refused("server_full")
         why = "is shutting down" if not registry.accepting else f"is at capacity ({registry.capacity} sessions)"
-        await _send_error(ws, "server_full", f"The server {why}; please try again later.", CLOSE_TRY_AGAIN_LATER)
+        await _send_error(ws, "server_full", f"The server {why}; please try again later.", CLOSE_TRY_AGAIN_LATER, retry)
         return
     if on_change:
         on_change()
-    settings = ctx.settings
     session: Session | None = None
     try:
-        try:
-            first = await asyncio.wait_for(ws.receive(), settings.session.offer_timeout_s)
-        except asyncio.TimeoutError:
-            raise ControlError("bad_request", f"No offer arrived within {settings.session.offer_timeout_s:.0f} s.") from None
-        if first.get("type") == "websocket.disconnect":
-            return
-        offer = parse_offer(first.get("text") if first.get("text") is not None else (first.get("bytes") or b""))
-        refusal = rejection_message(settings.auth, header_key or offer.api_key)
-        if refusal is not None:
-            ctx.sink.refused("unauthorized")
-            raise ControlError("unauthorized", refusal)
-        if not has_receivable_video(offer.sdp):
-            raise ControlError("bad_offer", "The offer has no camera video; send a sendrecv video track.")
-        photo = decode_reference(offer.reference_b64, settings.session.max_reference_bytes)
-        max_faces = offer.options.max_faces or settings.session.max_faces
-        if max_faces > settings.session.max_faces_limit:
-            raise ControlError("bad_request", f"max_faces is limited to {settings.session.max_faces_limit}.")
         controls = SessionControls(
             swapper=offer.options.swapper,
-            max_faces=max_faces,
+            max_faces=offer.options.max_faces or settings.session.max_faces,
             options=SwapOptions(mouth_mask=offer.options.mouth_mask),
             fallback=offer.options.fallback or settings.session.fallback,
         )
@@ -540,10 +628,12 @@ async def serve_session(
         if code == CLOSE_GOING_AWAY:
             with contextlib.suppress(Exception):
                 await session.send(ws, event_message("server_shutdown", "The server is restarting; reconnect to continue."))
-        with contextlib.suppress(Exception):
-            await ws.close(code=code, reason=reason[:120])
+        if reason != CLIENT_CLOSED:
+            with contextlib.suppress(Exception):
+                await ws.close(code=code, reason=_close_reason(reason))
     except ControlError as exc:
-        await _send_error(ws, exc.code, exc.message, _close_code_for(exc.code))
+        retry_after = retry if exc.code == "busy" else None
+        await _send_error(ws, exc.code, exc.message, _close_code_for(exc.code), retry_after)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - never an unhandled exception out of a session

@@ -140,7 +140,7 @@ def test_api_key_checks() -> None:
 
 
 def test_key_from_headers() -> None:
-    assert key_from_headers({"X-API-Key": " abc "}) == "abc"
+    assert key_from_headers({"X-API-Key": " abc "}) == " abc "  # compared as sent
     assert key_from_headers({"authorization": "Bearer xyz"}) == "xyz"
     assert key_from_headers({"Authorization": "Basic xyz"}) is None
     assert key_from_headers({}) is None
@@ -186,3 +186,50 @@ def test_settings_bad_values_keep_defaults_or_fail_clearly() -> None:
     assert Settings.from_env({"MIRAGE_MAX_FACES": "99"}).session.max_faces == 8
     with pytest.raises(ValueError, match="MIRAGE_API_KEY"):
         Settings.from_env({"MIRAGE_REQUIRE_API_KEY": "1"})
+
+
+# --- strict types, huge numbers, MIME base64 (issue 10) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"max_faces": "2"}, {"max_faces": True}, {"max_faces": 2.0}, {"mouth_mask": "yes"}, {"mouth_mask": 1},
+     {"mouth_mask": "true"}, {"swapper": ["mesh"]}, {"fallback": 1}],
+)
+def test_set_options_does_not_coerce(fields: dict) -> None:  # type: ignore[type-arg]
+    import json as _json
+
+    from serve_app.control import ControlError, parse_control
+
+    with pytest.raises(ControlError) as err:
+        parse_control(_json.dumps({"type": "set_options", "id": 3, **fields}))
+    assert err.value.code == "bad_request" and err.value.request_id == 3
+    assert err.value.message.startswith("Invalid ")
+
+
+def test_huge_json_numbers_are_a_clean_error() -> None:
+    from serve_app.control import ControlError, parse_control, parse_offer
+
+    for text in ('{"type": "ping", "id": ' + "9" * 5000 + "}", '{"type": "ping", "id": ' + "9" * 19 + "}",
+                 '{"type": "set_options", "max_faces": -' + "1" * 4400 + "}", '{"type": "ping", "id": NaN}',
+                 '{"type": "ping", "id": Infinity}'):
+        with pytest.raises(ControlError) as err:
+            parse_control(text)
+        assert err.value.code == "bad_request"
+    with pytest.raises(ControlError) as err:
+        parse_offer('{"type": "offer", "sdp": "v=0", "reference_b64": "AA==", "options": {"max_faces": ' + "7" * 4400 + "}}")
+    assert err.value.code == "bad_request"
+    assert parse_control('{"type": "ping", "id": 123456789012345678}').id == 123456789012345678
+
+
+def test_mime_base64_with_line_breaks_is_accepted() -> None:
+    import base64
+
+    from serve_app.control import decode_reference
+
+    data = bytes(range(256)) * 40
+    mime = base64.encodebytes(data).decode("ascii")  # 76-character lines
+    assert "\n" in mime
+    assert decode_reference(mime, 1 << 20) == data
+    assert decode_reference(mime.replace("\n", "\r\n"), 1 << 20) == data
+    assert decode_reference("data:image/png;base64," + mime, 1 << 20) == data

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from serve_app.ice import has_receivable_video, ice_server_dicts, media_kinds, prefer_codec, rtc_configuration
-from serve_app.settings import IceSettings
+from serve_app.settings import IceSettings, Settings
 
 
 def test_default_has_no_ice_servers_at_all() -> None:
@@ -112,3 +114,71 @@ def test_prefer_codec_is_a_no_op_without_the_codec() -> None:
     assert prefer_codec(offer, "video", "AV1X") == offer
     assert prefer_codec(offer, "audio", "H264") == offer
     assert "H264" in [c.mimeType.split("/")[1] for c in RTCRtpSender.getCapabilities("video").codecs]
+
+
+# --- DTLS fingerprint, host-address allow-list, NAT 1:1 (issue 10) ---------------------------
+
+
+def _offer_sdp() -> str:
+    import asyncio
+
+    from aiortc.mediastreams import VideoStreamTrack
+
+    async def make() -> str:
+        pc = RTCPeerConnection(rtc_configuration(IceSettings()))
+        pc.addTransceiver(VideoStreamTrack(), direction="sendrecv")
+        pc.createDataChannel("control")
+        offer = await pc.createOffer()
+        await pc.close()
+        return offer.sdp
+
+    return asyncio.run(make())
+
+
+def test_offers_without_a_usable_fingerprint_are_refused() -> None:
+    import re as _re
+
+    from serve_app.ice import fingerprint_problem
+
+    sdp = _offer_sdp()
+    assert fingerprint_problem(sdp) is None
+    assert fingerprint_problem(_re.sub(r"a=fingerprint:[^\r\n]*\r?\n", "", sdp)) is not None
+    assert fingerprint_problem(_re.sub(r"a=fingerprint:sha-\d+ ", "a=fingerprint:md5 ", sdp)) is not None
+    assert fingerprint_problem(_re.sub(r"(a=fingerprint:sha-\d+ )\S+", r"\1AB:CD", sdp)) is not None
+    assert fingerprint_problem(_re.sub(r"(a=fingerprint:sha-\d+ )\S+", r"\1" + ":".join(["ZZ"] * 32), sdp)) is not None
+
+
+def test_loopback_allow_list_and_announced_address() -> None:
+    import asyncio
+
+    from aiortc import RTCConfiguration
+    from aiortc.mediastreams import VideoStreamTrack
+
+    from mirage.webrtc.guard import IcePolicy, IcePolicyError, guard_peer_connection
+
+    async def candidates(policy: IcePolicy) -> list[tuple[str, str]]:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(VideoStreamTrack(), direction="sendrecv")
+        guard_peer_connection(pc, policy)
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        bound = [p.transport.get_extra_info("sockname")[0]
+                 for t in pc.getTransceivers()
+                 for p in t.receiver.transport.transport.iceGatherer._connection._protocols]
+        await pc.close()
+        import re as _re
+
+        return [(m.group(1), b) for m, b in zip(_re.finditer(r"a=candidate:\S+ \d+ udp \d+ (\S+) \d+ typ host", sdp), bound)]
+
+    assert {c for c, _ in asyncio.run(candidates(IcePolicy(host_addresses=("127.0.0.1",))))} == {"127.0.0.1"}
+    assert "127.0.0.1" in {c for c, _ in asyncio.run(candidates(IcePolicy(host_addresses=("lo",))))}
+    announced = asyncio.run(candidates(IcePolicy(host_addresses=("127.0.0.1",), announced_address="203.0.113.7")))
+    assert announced and all(c == "203.0.113.7" and b == "127.0.0.1" for c, b in announced)
+    with pytest.raises(IcePolicyError):
+        IcePolicy(announced_address="example.com")
+    with pytest.raises(IcePolicyError):
+        IcePolicy(host_addresses=("127.0.0.1 ",))
+    env = {"MIRAGE_ICE_HOST_ADDRESSES": "127.0.0.1, lo", "MIRAGE_ICE_ANNOUNCED_ADDRESS": "198.51.100.1"}
+    assert IcePolicy.from_env(env) == IcePolicy(host_addresses=("127.0.0.1", "lo"), announced_address="198.51.100.1")
+    settings = Settings.from_env(env).ice
+    assert settings.host_addresses == ("127.0.0.1", "lo") and settings.announced_address == "198.51.100.1"
