@@ -10,11 +10,22 @@ letterbox scale back to frame pixels.
 
 Exports with 5 strides (10/15 outputs, one anchor) and without keypoints (6/10
 outputs) decode too; without keypoints a detection's ``keypoints`` is empty.
+
+Heads are taken **by output name**, never by the runtime's position
+(:func:`head_names`): TensorRT may list an engine's outputs in another order than
+the ONNX file (InsightFace-REST #37 saw exactly this with SCRFD). Named heads
+(``score_8`` … ``kps_32``, as some re-exports call them) are used by their names;
+the shipped det_10g's numeric names (``448`` …) are taken in the ONNX file's
+``graph.output`` order, which is insightface's scores/boxes/keypoints × strides
+layout. Every model class lists its outputs in that ONNX order by name
+(mirage/runtime/onnx.py), and the detector asks for its heads by name. Each head's
+channel count (1, 4, 10) is checked where the model declares it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +35,7 @@ import numpy.typing as npt
 
 from mirage.detect.nms import nms
 from mirage.errors import InvalidImageError, ModelUnavailableError
-from mirage.runtime.onnx import OrtModel
+from mirage.runtime.onnx import ModelInfo, OrtModel, TensorInfo
 from mirage.types import Detection, Image
 
 logger = logging.getLogger(__name__)
@@ -71,6 +82,44 @@ def _layout(num_outputs: int) -> _Layout:
             f"This is not an SCRFD model: it has {num_outputs} outputs (expected 6, 9, 10 or 15)."
         )
     return layouts[num_outputs]
+
+
+_HEAD_NAME = re.compile(r"^(score|bbox|kps)_(\d+)$")
+_KINDS = ("score", "bbox", "kps")
+_CHANNELS = {"score": 1, "bbox": 4, "kps": 10}
+
+
+def head_names(outputs: Sequence[TensorInfo]) -> list[str]:
+    """Output names in decoding order: scores per stride, then boxes, then keypoints.
+
+    ``outputs`` are the model's outputs in its ONNX file's order (every Mirage model
+    class lists them so). Named heads (``score_8``, ``bbox_16``, ``kps_32`` …) are
+    placed by their names whatever the order; otherwise the ONNX order is the layout.
+    Declared channel counts must match the head they are used as.
+    """
+    layout = _layout(len(outputs))
+    names = [info.name for info in outputs]
+    matches = [_HEAD_NAME.match(name) for name in names]
+    if all(matches):
+        by_head = {(m.group(1), int(m.group(2))): name for m, name in zip(matches, names) if m}
+        wanted = [(kind, stride) for kind in _KINDS[: 3 if layout.use_kps else 2] for stride in layout.strides]
+        missing = [f"{kind}_{stride}" for kind, stride in wanted if (kind, stride) not in by_head]
+        if missing:
+            raise ModelUnavailableError(f"This SCRFD model names its outputs {names} but has no {', '.join(missing)}.")
+        ordered = [by_head[head] for head in wanted]
+    else:
+        ordered = names
+    info_by_name = {info.name: info for info in outputs}
+    fmc = len(layout.strides)
+    for index, name in enumerate(ordered):
+        kind = _KINDS[index // fmc]
+        declared = info_by_name[name].shape[-1] if info_by_name[name].shape else None
+        if isinstance(declared, int) and declared > 0 and declared != _CHANNELS[kind]:
+            raise ModelUnavailableError(
+                f"SCRFD output {name!r} is used as the {kind} head of stride {layout.strides[index % fmc]} "
+                f"but has {declared} channels, not {_CHANNELS[kind]}: the outputs are not in SCRFD's layout."
+            )
+    return ordered
 
 
 def letterbox(image: Image, size: int) -> ScrfdInput:
@@ -144,9 +193,14 @@ def decode_outputs(
                 f"{centers.shape[0]} anchors: the model does not match input size {input_width}x{input_height}."
             )
         kps = np.asarray(outputs[level + 2 * fmc]) if layout.use_kps else None
-        boxes, kept_scores, points = decode_level(
-            scores, np.asarray(outputs[level + fmc]), kps, centers, stride, score_threshold
-        )
+        bbox = np.asarray(outputs[level + fmc])
+        for kind, array in (("score", scores), ("bbox", bbox), ("kps", kps)):
+            if array is not None and (array.ndim < 1 or array.shape[-1] != _CHANNELS[kind]):
+                raise ModelUnavailableError(
+                    f"SCRFD {kind} output of stride {stride} has shape {array.shape}, not [..., {_CHANNELS[kind]}]: "
+                    "the model's outputs are not in SCRFD's layout."
+                )
+        boxes, kept_scores, points = decode_level(scores, bbox, kps, centers, stride, score_threshold)
         all_boxes.append(boxes)
         all_scores.append(kept_scores)
         all_kps.append(points)
@@ -162,10 +216,12 @@ def decode_outputs(
 class ScrfdDetector:
     """Batched SCRFD: ``prepare`` per frame (cheap, on the caller's side), ``infer`` per batch."""
 
-    def __init__(self, model: OrtModel, config: ScrfdConfig | None = None) -> None:
+    def __init__(self, model: OrtModel | ModelInfo, config: ScrfdConfig | None = None) -> None:
         self.model = model
         self.config = config or ScrfdConfig()
         self._layout = _layout(len(model.output_names))
+        #: Output names in decoding order (scores, boxes, keypoints per stride): asked for by name.
+        self.heads = head_names(model.outputs)
         self._input = model.inputs[0]
 
     def prepare(self, image: Image) -> ScrfdInput:
@@ -177,12 +233,12 @@ class ScrfdDetector:
             return []
         blob = self.blob(inputs)
         per_image: list[list[npt.NDArray[np.float32]]]
-        if self.model.dynamic_batch:
-            per_image = self._split(self.model.run({self._input.name: blob}), len(inputs))
+        if self.model.dynamic_batch:  # type: ignore[union-attr]
+            per_image = self._split(self.model.run({self._input.name: blob}, self.heads), len(inputs))  # type: ignore[union-attr]
         else:
             per_image = []
             for i in range(len(inputs)):
-                per_image.extend(self._split(self.model.run({self._input.name: blob[i : i + 1]}), 1))
+                per_image.extend(self._split(self.model.run({self._input.name: blob[i : i + 1]}, self.heads), 1))  # type: ignore[union-attr]
         size = self.config.input_size
         results: list[list[Detection]] = []
         for item, outputs in zip(inputs, per_image):

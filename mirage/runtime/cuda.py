@@ -11,12 +11,22 @@ Two libraries, both loaded lazily so this module imports on any CPU machine:
 Using ``ctypes`` keeps the GPU image free of an extra CUDA binding package
 (PyCUDA, cuda-python) for five functions. Device 0 is the first GPU *visible to
 this process*: Ray sets ``CUDA_VISIBLE_DEVICES`` for each GPU replica.
+
+**Driver check.** The GPU image is built for CUDA 13 (onnxruntime-gpu 1.31 and
+tensorrt-cu13), which needs an R580 or newer driver; on a host with an R535/R570
+driver nothing CUDA 13 can run, and the failures surface later as cryptic library
+errors. :func:`probe_gpu` therefore compares the CUDA version the driver supports
+(``cuDriverGetVersion``) with the one the installed wheels need
+(:func:`required_cuda`) and, when the driver is too old, reports no usable GPU with
+one sentence that says which driver is there and which is needed
+(:func:`driver_problem`), so every model falls back to the CPU instead of crashing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -33,6 +43,11 @@ _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 _CUDA_MEMCPY_HOST_TO_DEVICE = 1
 _CUDA_MEMCPY_DEVICE_TO_HOST = 2
+
+#: The driver branch that first supports each CUDA major version (NVIDIA's CUDA
+#: toolkit release notes, "CUDA Toolkit and Corresponding Driver Versions").
+MIN_DRIVER_BRANCH = {12: 525, 13: 580}
+NVML_LIBRARIES = ("libnvidia-ml.so.1", "libnvidia-ml.so")
 
 
 class CudaUnavailableError(RuntimeError):
@@ -79,8 +94,77 @@ def _wheel_library_dirs() -> tuple[str, ...]:
     return tuple(dirs)
 
 
+def _version_text(encoded: int) -> str:
+    """``13000`` → ``"13.0"`` (CUDA's 1000 * major + 10 * minor)."""
+    return f"{encoded // 1000}.{(encoded % 1000) // 10}"
+
+
+def required_cuda() -> tuple[int, int, str] | None:
+    """(major, minor, which package needs it) of the CUDA the installed GPU wheels are built for.
+
+    onnxruntime-gpu records its CUDA version in ``onnxruntime.capi.build_and_package_info``;
+    the TensorRT wheel names its CUDA major (``tensorrt-cu13``). ``None`` on a CPU-only
+    install (nothing to check).
+    """
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+    except ImportError:
+        info = None  # type: ignore[assignment]
+    text = str(getattr(info, "cuda_version", "") or "") if info is not None else ""
+    if text:
+        parts = text.split(".")
+        try:
+            return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0, f"onnxruntime-gpu (built for CUDA {text})"
+        except ValueError:
+            pass
+    for major in (13, 12):
+        try:
+            version = importlib.metadata.version(f"tensorrt-cu{major}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return major, 0, f"tensorrt-cu{major} {version}"
+    return None
+
+
+def driver_release() -> str | None:
+    """The NVIDIA driver's release (``"580.65.06"``) through NVML, or None when NVML is absent."""
+    try:
+        nvml = _load_first(NVML_LIBRARIES)
+        if nvml.nvmlInit_v2() != 0:
+            return None
+        buffer = ctypes.create_string_buffer(96)
+        try:
+            if nvml.nvmlSystemGetDriverVersion(buffer, 96) != 0:
+                return None
+        finally:
+            nvml.nvmlShutdown()
+    except (CudaUnavailableError, AttributeError, OSError):
+        return None
+    return buffer.value.decode("ascii", "replace").strip() or None
+
+
+def driver_problem(driver_cuda: int, required: tuple[int, int, str] | None, release: str | None = None) -> str | None:
+    """One sentence when a driver supporting CUDA ``driver_cuda`` (encoded, 12080) cannot run
+    what ``required`` needs; None when it can (or when nothing is required)."""
+    if required is None:
+        return None
+    major, minor, needed_by = required
+    if driver_cuda >= major * 1000 + minor * 10:
+        return None
+    branch = MIN_DRIVER_BRANCH.get(major)
+    driver = f"NVIDIA driver {release}" if release else "the NVIDIA driver"
+    newer = f"an R{branch} or newer driver" if branch else f"a driver supporting CUDA {major}.{minor}"
+    return (
+        f"{driver} supports CUDA {_version_text(driver_cuda)} but {needed_by} needs CUDA {major}.{minor}, i.e. {newer}: "
+        "the GPU is not used; upgrade the driver or schedule on R580+ nodes (docs/gpu.md)"
+    )
+
+
 def probe_gpu(device: int = 0) -> tuple[GpuInfo | None, str]:
-    """``(GpuInfo, "")`` for the visible GPU ``device``, or ``(None, why not)``. Never raises."""
+    """``(GpuInfo, "")`` for the visible GPU ``device``, or ``(None, why not)``. Never raises.
+
+    A driver too old for the CUDA the wheels need counts as no usable GPU (:func:`driver_problem`).
+    """
     try:
         lib = _load_first(DRIVER_LIBRARIES)
     except CudaUnavailableError:
@@ -89,6 +173,11 @@ def probe_gpu(device: int = 0) -> tuple[GpuInfo | None, str]:
         rc = lib.cuInit(0)
         if rc != 0:
             return None, f"the CUDA driver did not initialise (error {rc}; 100 means no CUDA-capable device)"
+        supported = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(supported)) == 0:
+            problem = driver_problem(supported.value, required_cuda(), driver_release())
+            if problem is not None:
+                return None, problem
         count = ctypes.c_int(0)
         if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
             return None, "the NVIDIA driver reports no GPU"
@@ -113,20 +202,43 @@ def probe_gpu(device: int = 0) -> tuple[GpuInfo | None, str]:
     return GpuInfo(gpu_name, f"{major.value}.{minor.value}", memory_mb), ""
 
 
+def cuda_runtime_version() -> tuple[str | None, str]:
+    """``("13.0", "")``: the version of the CUDA runtime (libcudart) this process loads, or ``(None, why not)``.
+
+    Needs no GPU (``cudaRuntimeGetVersion`` only reads the library). Goes into the
+    TensorRT engine key: the same TensorRT release built for CUDA 12 and for CUDA 13
+    gives different engines.
+    """
+    try:
+        lib = _load_first(RUNTIME_LIBRARIES, _wheel_library_dirs())
+        version = ctypes.c_int(0)
+        lib.cudaRuntimeGetVersion.argtypes = [ctypes.POINTER(ctypes.c_int)]
+        if lib.cudaRuntimeGetVersion(ctypes.byref(version)) != 0 or version.value <= 0:
+            return None, "cudaRuntimeGetVersion failed"
+    except CudaUnavailableError as exc:
+        return None, f"no CUDA runtime library ({exc})"
+    except (AttributeError, OSError) as exc:
+        return None, f"the CUDA runtime library could not be queried ({exc})"
+    return _version_text(version.value), ""
+
+
 class CudaRuntime:
     """Device memory, copies and streams through ``libcudart`` (the minimum TensorRT needs)."""
 
     def __init__(self) -> None:
         lib = _load_first(RUNTIME_LIBRARIES, _wheel_library_dirs())
         vp, size_t = ctypes.c_void_p, ctypes.c_size_t
-        lib.cudaMalloc.argtypes = [ctypes.POINTER(vp), size_t]
-        lib.cudaFree.argtypes = [vp]
-        lib.cudaMemcpyAsync.argtypes = [vp, vp, size_t, ctypes.c_int, vp]
-        lib.cudaStreamCreate.argtypes = [ctypes.POINTER(vp)]
-        lib.cudaStreamSynchronize.argtypes = [vp]
-        lib.cudaStreamDestroy.argtypes = [vp]
-        lib.cudaGetErrorString.argtypes = [ctypes.c_int]
-        lib.cudaGetErrorString.restype = ctypes.c_char_p
+        try:
+            lib.cudaMalloc.argtypes = [ctypes.POINTER(vp), size_t]
+            lib.cudaFree.argtypes = [vp]
+            lib.cudaMemcpyAsync.argtypes = [vp, vp, size_t, ctypes.c_int, vp]
+            lib.cudaStreamCreate.argtypes = [ctypes.POINTER(vp)]
+            lib.cudaStreamSynchronize.argtypes = [vp]
+            lib.cudaStreamDestroy.argtypes = [vp]
+            lib.cudaGetErrorString.argtypes = [ctypes.c_int]
+            lib.cudaGetErrorString.restype = ctypes.c_char_p
+        except AttributeError as exc:  # a library by that name without the runtime API
+            raise CudaUnavailableError(f"the CUDA runtime library lacks {exc}") from exc
         self._lib = lib
 
     def _check(self, rc: int, what: str) -> None:

@@ -6,12 +6,24 @@ the installed onnxruntime reports; ``MIRAGE_CUDA_ONLY`` drops TensorRT (the orig
 product's "CUDA EP + CPU fallback"). Thread counts are always set explicitly: ONNX
 Runtime's default (one thread per core) fights with Ray and with the other models
 in the same process.
+
+The CUDA provider gets ``cudnn_conv_algo_search=HEURISTIC`` (:data:`CUDA_PROVIDER_OPTIONS`):
+ONNX Runtime's default, ``EXHAUSTIVE``, benchmarks every cuDNN convolution algorithm
+on the first run of each new input shape, so under Serve's batching the first batch
+of each size (1…8) would stall live frames.
+
+Inputs and outputs are described **by name, in the ONNX file's own order**
+(``graph.input`` / ``graph.output``, :func:`onnx_io_names`), for every runtime:
+TensorRT does not promise the ONNX file's I/O order, so code that reads outputs by
+position (SCRFD's nine heads) would silently mix scores, boxes and keypoints.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +44,15 @@ CPU = "CPUExecutionProvider"
 Provider = Union[str, tuple[str, dict[str, str]]]
 
 _TRUE = {"1", "true", "yes", "on"}
+
+#: Options of ONNX Runtime's CUDA provider. ``HEURISTIC`` picks cuDNN convolution
+#: algorithms from cuDNN's heuristics instead of timing all of them on the first run of
+#: every new input shape (``EXHAUSTIVE``, the default), which stalled the first frames of
+#: each new batch size. ``cudnn_conv_use_max_workspace`` keeps the fast algorithms allowed.
+CUDA_PROVIDER_OPTIONS: dict[str, str] = {
+    "cudnn_conv_algo_search": "HEURISTIC",
+    "cudnn_conv_use_max_workspace": "1",
+}
 
 _ORT_DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -105,9 +126,77 @@ def choose_providers(config: OrtConfig, available: Sequence[str] | None = None) 
             options["trt_fp16_enable"] = "True"
         chosen.append((TENSORRT, options) if options else TENSORRT)
     if CUDA in have and config.allow_cuda:
-        chosen.append(CUDA)
+        chosen.append((CUDA, {"device_id": "0", **CUDA_PROVIDER_OPTIONS}))
     chosen.append(CPU)
     return chosen
+
+
+_PRELOAD_LOCK = threading.Lock()
+_PRELOADED: list[bool] = []
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the ``nvidia-*`` wheels once, before the first CUDA session.
+
+    The GPU image installs ``onnxruntime-gpu[cuda,cudnn]``, whose extras bring exactly the
+    CUDA 13 / cuDNN 9 libraries that onnxruntime-gpu was built against;
+    ``onnxruntime.preload_dlls()`` loads those (not whatever else is on the library path).
+    A no-op on onnxruntime builds without it and never raises: a failure only means the
+    CUDA provider may not load, which the runtime choice reports.
+    """
+    with _PRELOAD_LOCK:
+        if _PRELOADED:
+            return
+        _PRELOADED.append(True)
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is None or CUDA not in ort.get_available_providers():
+            return
+        try:
+            preload()
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises assorted errors here
+            logger.warning("onnxruntime.preload_dlls() failed (%s); the CUDA provider may not load", exc)
+
+
+@functools.lru_cache(maxsize=64)
+def _io_names_cached(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    import onnx  # heavy; only when a model is opened
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf decode errors and I/O errors alike
+        raise ModelUnavailableError(f"{path} is not a readable ONNX model ({exc.__class__.__name__}).") from exc
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = tuple(value.name for value in model.graph.input if value.name not in initializers)
+    outputs = tuple(value.name for value in model.graph.output)
+    return inputs, outputs
+
+
+def onnx_io_names(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ONNX file's input names (initializers excluded) and output names, in graph order."""
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        raise ModelUnavailableError(f"Model file {path} cannot be read: {exc.strerror or exc}.") from exc
+    return _io_names_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def order_like_onnx(
+    tensors: Sequence[TensorInfo], names: Sequence[str], what: str, model: str
+) -> tuple[TensorInfo, ...]:
+    """``tensors`` (as a runtime lists them) put in the order of ``names`` (the ONNX file's).
+
+    Matching is by name only; a runtime that lists a tensor the ONNX file lacks, or
+    misses one it has, is refused: its outputs could not be told apart safely.
+    """
+    by_name = {info.name: info for info in tensors}
+    missing = [name for name in names if name not in by_name]
+    extra = [info.name for info in tensors if info.name not in set(names)]
+    if missing or extra or len(by_name) != len(tensors):
+        raise ModelUnavailableError(
+            f"The {what} of {model} do not match its ONNX file by name "
+            f"(missing {missing or 'none'}, unknown {extra or 'none'}); rebuild the engine with `python -m mirage models compile`."
+        )
+    return tuple(by_name[name] for name in names)
 
 
 @dataclass(frozen=True)
@@ -151,11 +240,13 @@ class OrtModel(ModelInfo):
     """One ONNX model loaded in ONNX Runtime.
 
     ``provider`` is the provider actually in use (the first one the session kept);
+    ``requested`` the providers (with options) the session was asked for;
     ``is_standin`` marks test stand-ins (file name contains ``standin``), which the
     log line names as such so a stand-in is never mistaken for the real model.
+    ``inputs``/``outputs`` follow the ONNX file's graph order, matched by name.
     """
 
-    def __init__(self, path: Path, config: OrtConfig, name: str) -> None:
+    def __init__(self, path: Path, config: OrtConfig, name: str, providers: Sequence[Provider] | None = None) -> None:
         self.path = Path(path)
         self.name = name
         self.config = config
@@ -165,15 +256,19 @@ class OrtModel(ModelInfo):
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        requested = choose_providers(config)
+        requested = list(providers) if providers is not None else choose_providers(config)
+        if any(provider_name(p) == CUDA for p in requested):
+            preload_cuda_libraries()
+        self.requested: list[Provider] = requested
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise ModelUnavailableError(f"Model {name} at {self.path} could not be loaded: {exc}") from exc
         self.providers: list[str] = list(self._session.get_providers())
         self.provider: str = self.providers[0]
-        self.inputs = tuple(_info(arg) for arg in self._session.get_inputs())
-        self.outputs = tuple(_info(arg) for arg in self._session.get_outputs())
+        input_names, output_names = onnx_io_names(self.path)
+        self.inputs = order_like_onnx([_info(arg) for arg in self._session.get_inputs()], input_names, "inputs", name)
+        self.outputs = order_like_onnx([_info(arg) for arg in self._session.get_outputs()], output_names, "outputs", name)
         label = f"{name} (stand-in)" if self.is_standin else name
         logger.info(
             "model %s: provider %s (requested %s)",
@@ -189,9 +284,13 @@ class OrtModel(ModelInfo):
             return False
         return not isinstance(self.inputs[0].shape[0], int)
 
+    def provider_options(self) -> dict[str, dict[str, str]]:
+        """The options each provider of the live session runs with (ONNX Runtime's own report)."""
+        return {k: dict(v) for k, v in self._session.get_provider_options().items()}
+
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Run the session; returns outputs in ``output_names`` order (default: all, in model order)."""
-        names = list(output_names) if output_names is not None else None
+        """Run the session; returns outputs in ``output_names`` order (default: all, in the ONNX file's order)."""
+        names = list(output_names) if output_names is not None else self.output_names
         results: list[Any] = self._session.run(names, dict(feeds))
         return [np.asarray(r) for r in results]
 

@@ -8,6 +8,12 @@ Nothing here builds an engine: engines are compiled ahead of time by
 waits for a TensorRT build. For the same reason the ONNX Runtime sessions opened
 here never request ONNX Runtime's own TensorRT provider (it would build engines
 on the first frames).
+
+Opening a TensorRT engine can fail in ways that are not the engine's fault — no CUDA
+runtime (:class:`~mirage.runtime.cuda.CudaUnavailableError`), an ``OSError`` reading
+the file: all of them fall back a step with a log line, never kill the replica.
+A model that lands on ONNX Runtime CUDA is run once at every batch size of the
+profile at load (:func:`warm_up`), so no live frame pays a first-run cost.
 """
 
 from __future__ import annotations
@@ -16,15 +22,19 @@ import dataclasses
 import functools
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import numpy as np
+
 from mirage.errors import ModelUnavailableError
-from mirage.runtime.cuda import GpuInfo, probe_gpu
+from mirage.runtime.cuda import CudaUnavailableError, GpuInfo, cuda_runtime_version, probe_gpu
 from mirage.runtime.onnx import CPU, CUDA, OrtConfig, OrtModel
 from mirage.runtime.tensorrt import (
+    KNOWN_SAMPLE_SHAPES,
     PRECISIONS,
     BatchProfile,
     EngineKey,
@@ -55,6 +65,8 @@ class Accelerators:
     tensorrt_version: str | None
     tensorrt_reason: str
     ort_providers: tuple[str, ...]
+    #: The CUDA runtime version this process loads (``"13.0"``): part of every engine key.
+    cuda_runtime: str | None = None
 
     @property
     def ort_cuda(self) -> bool:
@@ -66,18 +78,33 @@ class Accelerators:
             "gpu_reason": self.gpu_reason or None,
             "tensorrt": self.tensorrt_version,
             "tensorrt_reason": self.tensorrt_reason or None,
+            "cuda_runtime": self.cuda_runtime,
             "onnxruntime_providers": list(self.ort_providers),
         }
 
 
+def startup_line(acc: Accelerators) -> str:
+    """The one line a process logs at start-up about its GPU and driver."""
+    if acc.gpu is None:
+        return f"GPU: none usable ({acc.gpu_reason}); neural models run on the CPU"
+    cuda = f", CUDA runtime {acc.cuda_runtime}" if acc.cuda_runtime else ""
+    trt = f"TensorRT {acc.tensorrt_version}" if acc.tensorrt_version else f"no TensorRT ({acc.tensorrt_reason})"
+    return f"GPU: {acc.gpu.name} (compute {acc.gpu.compute_capability}), driver OK{cuda}, {trt}"
+
+
 @functools.lru_cache(maxsize=1)
 def probe_accelerators() -> Accelerators:
-    """Probe once per process (driver, TensorRT import, ONNX Runtime's provider list)."""
+    """Probe once per process (driver and its CUDA version, TensorRT import, ONNX Runtime's
+    provider list) and log :func:`startup_line` once: a warning when a driver is there but unusable."""
     import onnxruntime as ort
 
     gpu, gpu_reason = probe_gpu()
     version, trt_reason = tensorrt_version()
-    return Accelerators(gpu, gpu_reason, version, trt_reason, tuple(ort.get_available_providers()))
+    cuda, _ = cuda_runtime_version() if gpu is not None else (None, "")
+    acc = Accelerators(gpu, gpu_reason, version, trt_reason, tuple(ort.get_available_providers()), cuda)
+    driver_there = gpu is None and not gpu_reason.startswith("no NVIDIA driver")
+    (logger.warning if driver_there else logger.info)("%s", startup_line(acc))
+    return acc
 
 
 @dataclass(frozen=True)
@@ -92,6 +119,8 @@ class RuntimeConfig:
     allow_cuda: bool = True
     #: Per-sample input shapes by model name, for models whose ONNX leaves them open (default: KNOWN_SAMPLE_SHAPES).
     sample_shapes: Mapping[str, Mapping[str, Sequence[int]]] | None = None
+    #: Run a model that lands on ONNX Runtime CUDA once per batch size 1..max at load (:func:`warm_up`).
+    warm_cuda: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -192,7 +221,10 @@ def select_runtime(
         assert acc.gpu is not None and acc.tensorrt_version is not None
         try:
             shapes = (config.sample_shapes or {}).get(model_name)
-            key = make_engine_key(onnx_path, model_name, acc.gpu, acc.tensorrt_version, config.precision, config.profile, shapes)
+            key = make_engine_key(
+                onnx_path, model_name, acc.gpu, acc.tensorrt_version, config.precision, config.profile, shapes,
+                cuda_version=acc.cuda_runtime or "",
+            )
             path, _header = find_engine(engine_dir, model_name, key)
             choice = RuntimeChoice(
                 model_name, "tensorrt", f"TensorRT engine {path.name} fits {key.describe()}", path, onnx_path, key
@@ -221,10 +253,19 @@ def _log_choice(choice: RuntimeChoice) -> None:
 
 
 def open_choice(choice: RuntimeChoice, ort_config: OrtConfig) -> Model:
-    """Open the model the way ``choice`` says (no fallback; see :func:`load_model`)."""
+    """Open the model the way ``choice`` says (no fallback; see :func:`load_model`).
+
+    Every failure to open an engine is a :class:`ModelUnavailableError` (CUDA missing,
+    an OSError reading it), so :func:`load_model` can fall back.
+    """
     if choice.kind == "tensorrt":
         assert choice.key is not None
-        return TensorRTModel(choice.path, choice.onnx_path, choice.model, choice.key)
+        try:
+            return TensorRTModel(choice.path, choice.onnx_path, choice.model, choice.key)
+        except CudaUnavailableError as exc:
+            raise ModelUnavailableError(f"TensorRT engine {choice.path.name} cannot use CUDA: {exc}.") from exc
+        except OSError as exc:
+            raise ModelUnavailableError(f"TensorRT engine {choice.path} cannot be read: {exc.strerror or exc}.") from exc
     # Never ONNX Runtime's TensorRT provider here: it would build engines while serving.
     session_config = dataclasses.replace(ort_config, allow_tensorrt=False, allow_cuda=choice.kind == "cuda")
     return OrtModel(choice.onnx_path, session_config, choice.model)
@@ -261,4 +302,42 @@ def load_model(
             choice, kind=actual, reason=f"ONNX Runtime kept {model.provider} although {choice.kind} was chosen ({choice.reason})"
         )
         _log_choice(choice)
+    if actual == "cuda" and config.warm_cuda:
+        batches = range(1, config.profile.max_batch + 1) if model.dynamic_batch else range(1, 2)
+        shapes = (config.sample_shapes or {}).get(model_name) or KNOWN_SAMPLE_SHAPES.get(model_name)
+        try:
+            timings = warm_up(model, batches, shapes)
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up only costs the first frames a stall
+            logger.warning("model %s: warm-up skipped (%s)", _label(model_name, onnx_path), exc)
+        else:
+            logger.info(
+                "model %s: warmed ONNX Runtime CUDA at batch %s (first runs %s ms)",
+                _label(model_name, onnx_path),
+                f"{batches[0]}-{batches[-1]}",
+                ", ".join(f"{ms:.0f}" for ms in timings.values()),
+            )
     return model, choice
+
+
+def warm_up(
+    model: Model, batches: Sequence[int], sample_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[int, float]:
+    """Run ``model`` once at each batch size on zero inputs; returns the ms of each first run.
+
+    ONNX Runtime's CUDA provider does per-shape work on the first run of each input
+    shape (cuDNN algorithm choice, memory); doing it here keeps it out of live frames.
+    Per-sample shapes come from the model's inputs, or ``sample_shapes`` for open ones.
+    """
+    timings: dict[int, float] = {}
+    for batch in batches:
+        feeds: dict[str, np.ndarray] = {}
+        for info in model.inputs:
+            given = (sample_shapes or {}).get(info.name)
+            sample = tuple(int(d) for d in given) if given is not None else tuple(info.shape[1:])
+            if not all(isinstance(d, int) and d > 0 for d in sample):
+                raise ModelUnavailableError(f"model {model.name}: input {info.name} has open dimensions {info.shape}; give its sample shape to warm it up")
+            feeds[info.name] = np.zeros((batch, *sample), dtype=info.dtype)
+        started = time.perf_counter()
+        model.run(feeds)
+        timings[batch] = (time.perf_counter() - started) * 1000.0
+    return timings

@@ -6,7 +6,9 @@ built **before serving** (``python -m mirage models compile``) and every engine
 file carries the key it was built for:
 
     key = sha256 of the ONNX file compiled + GPU name + compute capability
-          + TensorRT version + precision + profile (min/opt/max batch, per-sample shapes)
+          + TensorRT version + CUDA runtime version (a CUDA 12 and a CUDA 13 build of the
+          same TensorRT release make different engines) + precision
+          + profile (min/opt/max batch, per-sample shapes)
 
 An engine file is ``MAGIC``, an 8-byte little-endian header length, a JSON
 header (the key, its digest, the sha256 and size of the engine bytes, the model
@@ -31,7 +33,8 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,6 +102,8 @@ class EngineKey:
     profile: BatchProfile
     #: Per-sample input shapes (batch dimension excluded), sorted by input name.
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    #: The CUDA runtime version of the process (``"13.0"``); ``""`` in engines written before it was recorded.
+    cuda_version: str = ""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -110,6 +115,7 @@ class EngineKey:
             "gpu_name": self.gpu_name,
             "compute_capability": self.compute_capability,
             "tensorrt_version": self.tensorrt_version,
+            "cuda_version": self.cuda_version,
             "precision": self.precision,
             "profile": asdict(self.profile),
             "input_shapes": {name: list(shape) for name, shape in self.input_shapes},
@@ -124,6 +130,7 @@ class EngineKey:
             gpu_name=str(data["gpu_name"]),
             compute_capability=str(data["compute_capability"]),
             tensorrt_version=str(data["tensorrt_version"]),
+            cuda_version=str(data.get("cuda_version", "")),
             precision=str(data["precision"]),
             profile=BatchProfile(int(profile["min_batch"]), int(profile["opt_batch"]), int(profile["max_batch"])),
             input_shapes=tuple(sorted((str(k), tuple(int(d) for d in v)) for k, v in shapes.items())),
@@ -137,7 +144,7 @@ class EngineKey:
     def describe(self) -> str:
         return (
             f"{self.gpu_name} (compute {self.compute_capability}), TensorRT {self.tensorrt_version}, "
-            f"{self.precision}, {self.profile.describe()}"
+            f"CUDA {self.cuda_version or 'unknown'}, {self.precision}, {self.profile.describe()}"
         )
 
     def differences(self, wanted: EngineKey) -> list[str]:
@@ -153,6 +160,10 @@ class EngineKey:
             diffs.append(f"compute capability {self.compute_capability}, this GPU has {wanted.compute_capability}")
         if self.tensorrt_version != wanted.tensorrt_version:
             diffs.append(f"TensorRT {self.tensorrt_version}, this process has TensorRT {wanted.tensorrt_version}")
+        if self.cuda_version != wanted.cuda_version:
+            diffs.append(
+                f"CUDA runtime {self.cuda_version or 'not recorded'}, this process has CUDA {wanted.cuda_version or 'unknown'}"
+            )
         if self.precision != wanted.precision:
             diffs.append(f"precision {self.precision}, {wanted.precision} is wanted")
         if self.profile != wanted.profile:
@@ -262,8 +273,9 @@ def make_engine_key(
     precision: str,
     profile: BatchProfile,
     sample_shapes: Mapping[str, Sequence[int]] | None = None,
+    cuda_version: str = "",
 ) -> EngineKey:
-    """The key an engine of ``onnx_path`` for this GPU, TensorRT, precision and profile must carry."""
+    """The key an engine of ``onnx_path`` for this GPU, TensorRT, CUDA runtime, precision and profile must carry."""
     overrides = sample_shapes if sample_shapes is not None else KNOWN_SAMPLE_SHAPES.get(model_name)
     return EngineKey(
         model_sha256=file_sha256(onnx_path),
@@ -273,6 +285,7 @@ def make_engine_key(
         precision=precision,
         profile=profile,
         input_shapes=onnx_sample_shapes(onnx_path, overrides),
+        cuda_version=cuda_version,
     )
 
 
@@ -409,9 +422,12 @@ def read_engine_payload(path: Path, wanted: EngineKey, model_name: str | None = 
     """The serialized engine, after the key check and a full integrity check of its bytes."""
     path = Path(path)
     header = check_engine(path, wanted, model_name)
-    with path.open("rb") as fh:
-        fh.seek(header.payload_offset)
-        payload = fh.read()
+    try:
+        with path.open("rb") as fh:
+            fh.seek(header.payload_offset)
+            payload = fh.read()
+    except OSError as exc:
+        raise ModelUnavailableError(f"TensorRT engine {path} cannot be read: {exc.strerror or exc}.") from exc
     if len(payload) != header.engine_bytes:
         raise _corrupt(path, f"the engine has {len(payload)} bytes, its header records {header.engine_bytes} (truncated or padded)")
     if hashlib.sha256(payload).hexdigest() != header.engine_sha256:
@@ -562,16 +578,30 @@ def build_engine(
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a uniquely named temporary file beside it, then rename.
+
+    The temporary name comes from ``mkstemp`` (not the PID: pods sharing a volume often
+    have the same PIDs, and threads of one process always do), so concurrent writers
+    never truncate each other's file; the last complete write wins.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def timing_cache_path(engine_dir: Path, key: EngineKey) -> Path:
-    """One timing cache per GPU model and TensorRT version, shared by all models' builds."""
+    """One timing cache per GPU model, TensorRT and CUDA version, shared by all models' builds."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", key.gpu_name).strip("-").lower()
-    return Path(engine_dir) / f"timing.{gpu}.sm{key.compute_capability}.trt{key.tensorrt_version}.cache"
+    cuda = f".cuda{key.cuda_version}" if key.cuda_version else ""
+    return Path(engine_dir) / f"timing.{gpu}.sm{key.compute_capability}.trt{key.tensorrt_version}{cuda}.cache"
 
 
 # --------------------------------------------------------------------------- ahead-of-time compile
@@ -584,9 +614,23 @@ class CompileResult:
     action: Literal["built", "present"]
     seconds: float
     key: EngineKey
+    #: What the build-time check of a new engine measured (e.g. its accuracy against ONNX Runtime fp32).
+    check: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "path": str(self.path), "action": self.action, "seconds": round(self.seconds, 2), "key": self.key.to_dict()}
+        return {
+            "model": self.model,
+            "path": str(self.path),
+            "action": self.action,
+            "seconds": round(self.seconds, 2),
+            "key": self.key.to_dict(),
+            "check": self.check or None,
+        }
+
+
+#: Checks a freshly built engine file before it is published; returns what it measured,
+#: raises ModelUnavailableError to refuse the engine (e.g. mirage.runtime.accuracy).
+EngineCheck = Callable[[Path], str]
 
 
 def compile_model(
@@ -597,8 +641,14 @@ def compile_model(
     *,
     force: bool = False,
     workspace_bytes: int = 2 << 30,
+    check: EngineCheck | None = None,
 ) -> CompileResult:
-    """Build (or confirm) the engine of ``model_name`` for ``key`` in ``engine_dir``; one builder at a time per file."""
+    """Build (or confirm) the engine of ``model_name`` for ``key`` in ``engine_dir``; one builder at a time per file.
+
+    A new engine is written under a temporary name first; ``check`` (when given) runs
+    it, and only an engine that passes is renamed to its final name, so a refused
+    engine (NaNs, large fp16 errors) is never found by serving.
+    """
     from filelock import FileLock
 
     engine_dir = Path(engine_dir)
@@ -613,5 +663,13 @@ def compile_model(
             except ModelUnavailableError as exc:
                 logger.warning("rebuilding %s: %s", target.name, exc)
         engine = build_engine(onnx_path, key, workspace_bytes, timing_cache_path(engine_dir, key))
-        write_engine_file(target, model_name, key, engine, Path(onnx_path).name)
-    return CompileResult(model_name, target, "built", time.perf_counter() - started, key)
+        candidate = engine_dir / f".{target.name}.{uuid.uuid4().hex[:12]}.candidate"
+        write_engine_file(candidate, model_name, key, engine, Path(onnx_path).name)
+        note = ""
+        try:
+            if check is not None:
+                note = check(candidate)
+            os.replace(candidate, target)
+        finally:
+            candidate.unlink(missing_ok=True)
+    return CompileResult(model_name, target, "built", time.perf_counter() - started, key, note)

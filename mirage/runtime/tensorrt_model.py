@@ -6,6 +6,17 @@ picks an engine: the same ``inputs``/``outputs``/``run`` as
 unchanged. The engine file is verified (key and bytes) before it is deserialized;
 device memory and the stream come from :mod:`mirage.runtime.cuda`. TensorRT is
 imported lazily.
+
+Inputs and outputs are matched **by name** to the ONNX file's ``graph.input`` /
+``graph.output`` and listed in that order (:func:`engine_io_in_onnx_order`): TensorRT
+numbers an engine's I/O tensors in an order of its own, which need not be the ONNX
+file's (seen with SCRFD's nine outputs), so nothing here or in the stages reads an
+output by the engine's position.
+
+Every failure to open an engine — CUDA missing (:class:`~mirage.runtime.cuda.CudaUnavailableError`),
+an ``OSError`` reading the file, TensorRT refusing it — is a
+:class:`~mirage.errors.ModelUnavailableError`, so the runtime choice falls back to
+ONNX Runtime with a log line instead of the replica dying.
 """
 
 from __future__ import annotations
@@ -18,10 +29,21 @@ from pathlib import Path
 import numpy as np
 
 from mirage.errors import ModelUnavailableError
-from mirage.runtime.onnx import ModelInfo, TensorInfo
+from mirage.runtime.onnx import ModelInfo, TensorInfo, onnx_io_names, order_like_onnx
 from mirage.runtime.tensorrt import EngineKey, import_tensorrt, read_engine_payload, tensorrt_logger
 
 logger = logging.getLogger(__name__)
+
+
+def engine_io_in_onnx_order(
+    engine_tensors: Sequence[tuple[TensorInfo, bool]], onnx_path: Path, model: str
+) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+    """(inputs, outputs) of an engine, listed as TensorRT enumerates them (``(info, is_input)``),
+    re-ordered to the ONNX file's ``graph.input`` / ``graph.output`` by name."""
+    input_names, output_names = onnx_io_names(onnx_path)
+    inputs = order_like_onnx([info for info, is_input in engine_tensors if is_input], input_names, "engine inputs", model)
+    outputs = order_like_onnx([info for info, is_input in engine_tensors if not is_input], output_names, "engine outputs", model)
+    return inputs, outputs
 
 class TensorRTModel(ModelInfo):
     """A compiled engine behind :class:`~mirage.runtime.onnx.OrtModel`'s interface (numpy in, numpy out).
@@ -35,20 +57,39 @@ class TensorRTModel(ModelInfo):
     provider = "TensorRT"
 
     def __init__(self, engine_path: Path, onnx_path: Path, name: str, key: EngineKey) -> None:
-        from mirage.runtime.cuda import CudaRuntime, CudaUnavailableError
+        from mirage.runtime.cuda import CudaUnavailableError
 
         self.engine_path = Path(engine_path)
         self.path = Path(onnx_path)
         self.name = name
         self.key = key
         self.providers = [self.provider]
-        payload = read_engine_payload(self.engine_path, key, name)
+        self._buffers: dict[str, tuple[int, int]] = {}
+        self._stream = 0
+        try:
+            self._open()
+        except CudaUnavailableError as exc:
+            self.close()
+            raise ModelUnavailableError(f"TensorRT engine for {name} cannot use CUDA: {exc}.") from exc
+        except OSError as exc:
+            self.close()
+            raise ModelUnavailableError(
+                f"TensorRT engine {self.engine_path} for {name} cannot be read: {exc.strerror or exc}."
+            ) from exc
+        except ModelUnavailableError:
+            self.close()
+            raise
+        label = f"{name} (stand-in)" if self.is_standin else name
+        logger.info("model %s: TensorRT engine %s (%s)", label, self.engine_path.name, key.describe())
+
+    def _open(self) -> None:
+        from mirage.runtime.cuda import CudaRuntime
+
+        name = self.name
+        payload = read_engine_payload(self.engine_path, self.key, name)
         trt = import_tensorrt()
         self._trt = trt
-        try:
-            self._cuda = CudaRuntime()
-        except CudaUnavailableError as exc:
-            raise ModelUnavailableError(f"TensorRT engine for {name} needs the CUDA runtime library: {exc}.") from exc
+        self._cuda = CudaRuntime()
         self._logger = tensorrt_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(payload)
@@ -57,25 +98,16 @@ class TensorRTModel(ModelInfo):
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise ModelUnavailableError(f"TensorRT could not create an execution context for {self.engine_path.name} (GPU memory?).")
-        inputs: list[TensorInfo] = []
-        outputs: list[TensorInfo] = []
+        found: list[tuple[TensorInfo, bool]] = []
         for i in range(self._engine.num_io_tensors):
             tensor = self._engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(tensor))).type
             dims = tuple(int(d) for d in self._engine.get_tensor_shape(tensor))
             shape = tuple("batch" if (j == 0 and d < 0) else (None if d < 0 else d) for j, d in enumerate(dims))
-            info = TensorInfo(name=tensor, shape=shape, dtype=dtype)
-            if self._engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
-                inputs.append(info)
-            else:
-                outputs.append(info)
-        self.inputs = tuple(inputs)
-        self.outputs = tuple(outputs)
+            found.append((TensorInfo(name=tensor, shape=shape, dtype=dtype), self._engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT))
+        self.inputs, self.outputs = engine_io_in_onnx_order(found, self.path, name)
         self._lock = threading.Lock()
-        self._buffers: dict[str, tuple[int, int]] = {}
         self._stream = self._cuda.stream_create()
-        label = f"{name} (stand-in)" if self.is_standin else name
-        logger.info("model %s: TensorRT engine %s (%s)", label, self.engine_path.name, key.describe())
 
     @property
     def dynamic_batch(self) -> bool:
@@ -94,7 +126,7 @@ class TensorRTModel(ModelInfo):
         return ptr
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
-        """Run the engine; outputs in ``output_names`` order (default: all, in engine order)."""
+        """Run the engine; outputs in ``output_names`` order (default: all, in the ONNX file's order)."""
         missing = [info.name for info in self.inputs if info.name not in feeds]
         if missing:
             raise ValueError(f"model {self.name} needs inputs {missing}")

@@ -43,6 +43,7 @@ from tests.standins import build_inswapper_standin, build_scrfd_standin
 A10G = GpuInfo("NVIDIA A10G", "8.6")
 L4 = GpuInfo("NVIDIA L4", "8.9")
 TRT = "10.16.1.11"
+CUDA13 = "13.0"
 PAYLOAD = b"\x00engine-bytes\xff" * 64
 
 
@@ -55,6 +56,7 @@ def _key(**changes: object) -> EngineKey:
         precision="fp16",
         profile=BatchProfile(1, 4, 8),
         input_shapes=(("source", (512,)), ("target", (3, 128, 128))),
+        cuda_version=CUDA13,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -65,7 +67,7 @@ def swapper_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _gpu_acc(providers: tuple[str, ...] = (CUDA, CPU), gpu: GpuInfo = A10G, trt: str | None = TRT) -> Accelerators:
-    return Accelerators(gpu, "", trt, "" if trt else "the tensorrt package is not installed", providers)
+    return Accelerators(gpu, "", trt, "" if trt else "the tensorrt package is not installed", providers, CUDA13)
 
 
 CPU_ONLY = Accelerators(None, "no NVIDIA driver (libcuda.so.1 is not installed or not mounted)", None, "the tensorrt package is not installed", (CPU,))
@@ -86,6 +88,7 @@ CPU_ONLY = Accelerators(None, "no NVIDIA driver (libcuda.so.1 is not installed o
         {"profile": BatchProfile(1, 8, 8)},
         {"profile": BatchProfile(2, 4, 8)},
         {"input_shapes": (("source", (512,)), ("target", (3, 256, 256)))},
+        {"cuda_version": "12.9"},
     ],
     ids=lambda c: next(iter(c)) + "=" + str(next(iter(c.values())))[:20],
 )
@@ -236,11 +239,11 @@ def test_real_probe_on_this_machine_selects_what_it_has(swapper_onnx: Path, tmp_
 
 def test_matching_engine_selects_tensorrt(swapper_onnx: Path, tmp_path: Path) -> None:
     config = RuntimeConfig()
-    key = make_engine_key(swapper_onnx, "inswapper_128", A10G, TRT, config.precision, config.profile)
+    key = make_engine_key(swapper_onnx, "inswapper_128", A10G, TRT, config.precision, config.profile, cuda_version=CUDA13)
     write_engine_file(tmp_path / engine_filename("inswapper_128", key), "inswapper_128", key, PAYLOAD)
     choice = select_runtime("inswapper_128", swapper_onnx, tmp_path, config, _gpu_acc())
     assert choice.kind == "tensorrt" and choice.key == key
-    assert "NVIDIA A10G (compute 8.6), TensorRT 10.16.1.11, fp16, batch 1-8" in choice.reason
+    assert "NVIDIA A10G (compute 8.6), TensorRT 10.16.1.11, CUDA 13.0, fp16, batch 1-8" in choice.reason
     # The same engine on an L4 is foreign: CUDA, and the reason names the missing engine.
     on_l4 = select_runtime("inswapper_128", swapper_onnx, tmp_path, config, _gpu_acc(gpu=L4))
     assert on_l4.kind == "cuda" and "this GPU is NVIDIA L4" in on_l4.reason
@@ -253,7 +256,7 @@ def test_matching_engine_selects_tensorrt(swapper_onnx: Path, tmp_path: Path) ->
 def test_engine_that_fails_to_load_falls_back(swapper_onnx: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An engine whose key fits but whose bytes are bad is never deserialized: fallback with the reason."""
     config = RuntimeConfig()
-    key = make_engine_key(swapper_onnx, "inswapper_128", A10G, TRT, config.precision, config.profile)
+    key = make_engine_key(swapper_onnx, "inswapper_128", A10G, TRT, config.precision, config.profile, cuda_version=CUDA13)
     path = tmp_path / engine_filename("inswapper_128", key)
     write_engine_file(path, "inswapper_128", key, PAYLOAD)
     path.write_bytes(path.read_bytes()[:-1])  # truncated
