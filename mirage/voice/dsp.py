@@ -203,9 +203,9 @@ class DspVoiceConverter:
             ready = np.concatenate([state.ready, done[i]]) if state.ready.size else done[i]
             want = int(np.asarray(chunk).size)
             if ready.size < want:
-                # Only for chunks that are not whole hops: the stream takes on up to one hop more
-                # delay, once, so every later chunk comes out whole and seamless.
-                ready = np.concatenate([np.zeros(want - ready.size, np.float32), ready])
+                # Only for chunks that are not whole hops: the stream takes on one hop more delay,
+                # once (the shortfall is never more than a hop), so later chunks come out seamless.
+                ready = np.concatenate([np.zeros(hop, np.float32), ready])
             results.append(ready[:want].copy())
             state.ready = ready[want:].copy()
         return results
