@@ -50,6 +50,11 @@ class SwapperConfig:
     num_threads: int = 1
     max_reference_bytes: int = DEFAULT_MAX_BYTES
     max_reference_side: int = DEFAULT_MAX_SIDE
+    #: References are decoded (downscaled on decode where possible) to at most this longest side:
+    #: the extra memory of any accepted reference stays under 150 MB (docs/security.md).
+    reference_decode_side: int = 2048
+    #: Reference decodes that may run at once on one replica (the rest wait their turn).
+    max_concurrent_decodes: int = 2
 
 
 def _load_inswapper() -> tuple[Any | None, str | None]:
@@ -139,18 +144,39 @@ class SwapperCore:
         if self.inswapper is None:
             logger.info("InSwapper unavailable (%s); the mesh swapper serves every session", self.inswapper_reason)
         # Identity building reuses the in-process pipeline's reference logic (largest face, padding retry).
-        self._identity_pipeline = FacePipeline(
-            PipelineConfig(
-                swapper="mesh",
-                detector_model=self.config.reference_detector,
-                mesh=self.config.mesh,
-                num_threads=self.config.num_threads,
-            ),
-            neural=self.inswapper,
-        )
+        # The short-range detector misses the small faces of a group photo (and then finds a bogus one
+        # in the padded retry), so a short-range setting is backed by the full-range model: the
+        # detector that finds more faces wins, and the largest of them is used, as documented.
+        detectors = [self.config.reference_detector] + (["full"] if self.config.reference_detector == "short" else [])
+        self._identity_pipelines = [
+            FacePipeline(
+                PipelineConfig(
+                    swapper="mesh", detector_model=model, mesh=self.config.mesh, num_threads=self.config.num_threads
+                ),
+                neural=self.inswapper,
+            )
+            for model in detectors
+        ]
+        self._identity_pipeline = self._identity_pipelines[0]
 
     def available_swappers(self) -> list[str]:
         return ["mesh"] + (["inswapper"] if self.inswapper is not None else [])
+
+    def _reference_identity(self, image: Any, name: SwapperName) -> Any:
+        """Identity from the reference's largest face, with whichever detector finds more faces."""
+        if name != "mesh":
+            return self._identity_pipeline.build_identity(image, name)
+        results = []
+        missed: NoFaceError | None = None
+        for pipeline in self._identity_pipelines:
+            try:
+                results.append(pipeline.build_identity(image, name))
+            except NoFaceError as exc:
+                missed = exc
+        if not results:
+            assert missed is not None
+            raise missed
+        return max(results, key=lambda r: r.faces_found)  # ties: the configured detector (first)
 
     def swap_batch(self, items: Sequence[SwapItem]) -> list[SwapResult]:
         """Swap faces (from any sessions) grouped by swapper; per-item errors instead of exceptions."""
@@ -193,9 +219,12 @@ class SwapperCore:
         name: SwapperName = swapper  # type: ignore[assignment]
         try:
             image = decode_image(
-                photo, max_bytes=self.config.max_reference_bytes, max_side=self.config.max_reference_side
+                photo,
+                max_bytes=self.config.max_reference_bytes,
+                max_side=self.config.max_reference_side,
+                max_decode_side=self.config.reference_decode_side,
             )
-            result = self._identity_pipeline.build_identity(image, name)
+            result = self._reference_identity(image, name)
         except InvalidImageError as exc:
             return IdentityReply(swapper=name, code="bad_reference", message=str(exc))
         except NoFaceError:
@@ -228,6 +257,7 @@ class FaceSwapper:
         self.core = SwapperCore(config)
         self._metrics = BatchMetrics("swapper")
         self._batching = BatchingConfig()
+        self._decodes = asyncio.Semaphore(max(1, self.core.config.max_concurrent_decodes))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = BatchingConfig.model_validate(user_config or {})
@@ -250,7 +280,8 @@ class FaceSwapper:
     async def prepare_identity(self, photo: bytes, swapper: str = "mesh") -> IdentityReply:
         """Reference photo bytes → identity data for ``swapper`` (``mesh`` or ``inswapper``)."""
         start = time.perf_counter()
-        reply = await asyncio.to_thread(self.core.build_identity, photo, swapper)
+        async with self._decodes:  # a few reference decodes at once per replica: bounded memory
+            reply = await asyncio.to_thread(self.core.build_identity, photo, swapper)
         self._metrics.record("prepare_identity", 1, (time.perf_counter() - start) * 1000.0, reply.code != "internal")
         return reply
 

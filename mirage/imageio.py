@@ -3,6 +3,14 @@
 A PNG that declares 20000x20000 pixels would make OpenCV allocate gigabytes
 before failing, so the header is parsed first and anything over ``max_side``
 is refused without decoding. Grayscale and RGBA inputs are converted to BGR.
+
+Memory: a decode never makes a float copy of a full-size image. With
+``max_decode_side`` the result is downscaled to that longest side, on decode
+where the codec allows it (JPEG's DCT scaling, ``cv2.IMREAD_REDUCED_COLOR_*``)
+and right after it otherwise; transparency is composited on white in integer
+arithmetic, on the downscaled picture. 16-bit PNGs are read as 8-bit colour
+(their transparency is then ignored). A 4096x4096 RGBA PNG peaks at about the
+size of its 8-bit pixels (64 MB) plus the downscaled copy.
 """
 
 from __future__ import annotations
@@ -103,6 +111,23 @@ def read_header(data: bytes) -> ImageHeader:
     return ImageHeader(fmt, width, height)
 
 
+#: Pixels composited per step (a few MB of uint16 temporaries, whatever the image size).
+_CHUNK_PIXELS = 1 << 20
+
+
+def composite_on_white(bgra: np.ndarray) -> Image:
+    """8-bit BGRA → BGR with transparent areas on white (integer maths, row chunks: no full-size copies)."""
+    height, width = bgra.shape[:2]
+    out = np.empty((height, width, 3), np.uint8)
+    rows = max(1, _CHUNK_PIXELS // max(1, width))
+    for y in range(0, height, rows):
+        chunk = bgra[y : y + rows]
+        alpha = chunk[:, :, 3:4].astype(np.uint16)
+        mixed = chunk[:, :, :3].astype(np.uint16) * alpha + 255 * (255 - alpha) + 127
+        out[y : y + rows] = (mixed // 255).astype(np.uint8)
+    return out
+
+
 def to_bgr(image: np.ndarray) -> Image:
     """Grayscale, BGRA or 16-bit images as 8-bit BGR."""
     if image.dtype == np.uint16:
@@ -111,20 +136,59 @@ def to_bgr(image: np.ndarray) -> Image:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.shape[2] == 4:
         # Composite transparent areas on white rather than trusting hidden colour.
-        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
-        rgb = image[:, :, :3].astype(np.float32)
-        return (rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        return composite_on_white(image)
     if image.shape[2] == 1:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_side: int = DEFAULT_MAX_SIDE) -> Image:
+_REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                  8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _png_is_16_bit(data: bytes) -> bool:
+    return len(data) > 24 and data[24] == 16
+
+
+def _decode_flags(header: ImageHeader, data: bytes, max_decode_side: int | None) -> int:
+    """The cheapest imdecode flags that keep what matters (transparency in 8-bit PNG/WebP)."""
+    longest = max(header.width, header.height)
+    if header.format == "jpeg":
+        scale = 1
+        if max_decode_side is not None:
+            while scale < 8 and -(-longest // (scale * 2)) >= max_decode_side:
+                scale *= 2
+        return _REDUCED_COLOR[scale]
+    if header.format == "png" and _png_is_16_bit(data):
+        return cv2.IMREAD_COLOR  # 8-bit BGR straight from libpng: half the memory, alpha dropped
+    return cv2.IMREAD_UNCHANGED
+
+
+def _fit(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    if max_side is None:
+        return image
+    longest = max(image.shape[:2])
+    if longest <= max_side:
+        return image
+    scale = max_side / longest
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_decode_side: int | None = None,
+) -> Image:
     """Validate and decode an image's bytes to BGR uint8.
 
     Raises InvalidImageError, with one sentence a person can act on, for an
     empty or oversized file, an unknown format, a declared size over
-    ``max_side`` (checked before decoding) or undecodable data.
+    ``max_side`` (checked before decoding) or undecodable data. With
+    ``max_decode_side`` the result's longest side is at most that (downscaled
+    on decode where the codec allows it).
     """
     if not data:
         raise InvalidImageError("The image file is empty.")
@@ -135,9 +199,16 @@ def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_side: i
         raise InvalidImageError(
             f"The image declares {header.width}x{header.height} pixels; the limit is {max_side}x{max_side}."
         )
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    flags = _decode_flags(header, data, max_decode_side)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error:
+        decoded = None
     if decoded is None or decoded.size == 0:
         raise InvalidImageError(f"The {header.format.upper()} image could not be decoded (corrupt or truncated).")
+    if decoded.dtype != np.uint8:
+        decoded = (decoded >> 8).astype(np.uint8)  # 16-bit WebP/other: 8-bit before any copy
+    decoded = _fit(decoded, max_decode_side)  # downscale first: compositing then works on the small copy
     return to_bgr(decoded)
 
 
