@@ -1,6 +1,6 @@
 """``python -m mirage`` (also the console script ``mirage``): one CLI for the library.
 
-Subcommands: ``swap`` (files), ``models`` (provisioning, TensorRT compile),
+Subcommands: ``swap`` (files), ``voice`` (WAV files), ``models`` (provisioning, TensorRT compile),
 ``dynamic-batch`` (ONNX batch rewrite), ``load`` (served load client), ``cam``
 (desktop client: virtual camera and microphone). Expected failures print
 one sentence on stderr and exit non-zero; tracebacks are for bugs only.
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mirage.cli_models import add_models_parser
 
     add_models_parser(sub)
+    from mirage.cli_voice import add_voice_parser
+
+    add_voice_parser(sub)
     from mirage.cam.cli import add_cam_parser
     from mirage.client.load import add_load_parser
 
@@ -62,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mirage.cli_swap import run_swap
 
             return run_swap(args)
+        if args.command == "voice":
+            from mirage.cli_voice import run_voice
+
+            return run_voice(args)
         if args.command == "dynamic-batch":
             from mirage.runtime.batch_rewrite import make_batch_dynamic
 

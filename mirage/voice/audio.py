@@ -46,10 +46,11 @@ def _check_header(data: bytes, name: str, max_seconds: float) -> None:
                 raise VoiceError(f"{name} uses an unsupported WAV encoding (format {code}); use PCM or float.")
             if not 1 <= channels <= 8 or not 8000 <= rate <= 192000 or bits not in (8, 16, 24, 32, 64):
                 raise VoiceError(f"{name} declares an unsupported layout ({channels} channels, {rate} Hz, {bits} bits).")
-            declared = min(size, len(data) - body)
-            seconds = declared / max(1, channels * bits // 8) / rate
+            # The declared length decides, before anything is decoded.
+            seconds = size / max(1, channels * bits // 8) / rate
             if seconds > max_seconds:
-                raise VoiceError(f"{name} is {seconds:.0f} s long; the limit is {max_seconds:.0f} s.")
+                raise VoiceError(f"{name} declares {seconds:.0f} s of audio; the limit is {max_seconds:.0f} s.")
+            declared = min(size, len(data) - body)
             if declared < channels * bits // 8:
                 raise VoiceError(f"{name} has no audio samples.")
             return
