@@ -62,6 +62,8 @@ def _load_inswapper() -> tuple[Any | None, str | None]:
 
     Never downloads here (a replica must start fast and offline); provisioning
     is ``python -m mirage models fetch`` or the start-up provisioning step.
+    ``load_neural_swap`` serves an InSwapper file that is already provisioned
+    (the one with a compiled engine first) and never fetches one either.
     """
     try:
         from mirage.swap.neural import INSWAPPER_NAMES, load_neural_swap
@@ -72,7 +74,7 @@ def _load_inswapper() -> tuple[Any | None, str | None]:
         store = ModelStore(ProvisionConfig.from_env())
         needed = ["scrfd_10g", "arcface_w600k_r50"]
         if not any(store.path(name).is_file() for name in INSWAPPER_NAMES):
-            return None, "InSwapper weights are not provisioned (python -m mirage models fetch inswapper_128)"
+            return None, "InSwapper weights are not provisioned (python -m mirage models fetch inswapper_128_fp16)"
         missing = [name for name in needed if not store.path(name).is_file()]
         if missing:
             return None, f"{', '.join(missing)} not provisioned (python -m mirage models fetch {' '.join(missing)})"

@@ -16,9 +16,9 @@ Heads are taken **by output name**, never by the runtime's position
 the ONNX file (InsightFace-REST #37 saw exactly this with SCRFD). Named heads
 (``score_8`` … ``kps_32``, as some re-exports call them) are used by their names;
 the shipped det_10g's numeric names (``448`` …) are taken in the ONNX file's
-``graph.output`` order, which is insightface's scores/boxes/keypoints × strides
-layout. Every model class lists its outputs in that ONNX order by name
-(mirage/runtime/onnx.py), and the detector asks for its heads by name. Each head's
+``graph.output`` order, read from the file itself, which is insightface's
+scores/boxes/keypoints × strides layout; the order a runtime lists its outputs
+in never matters, and the detector asks for its heads by name. Each head's
 channel count (1, 4, 10) is checked where the model declares it.
 """
 
@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from mirage.detect.nms import nms
 from mirage.errors import InvalidImageError, ModelUnavailableError
-from mirage.runtime.onnx import ModelInfo, OrtModel, TensorInfo
+from mirage.runtime.onnx import ModelInfo, OrtModel, TensorInfo, onnx_io_names
 from mirage.types import Detection, Image
 
 logger = logging.getLogger(__name__)
@@ -120,6 +120,21 @@ def head_names(outputs: Sequence[TensorInfo]) -> list[str]:
                 f"but has {declared} channels, not {_CHANNELS[kind]}: the outputs are not in SCRFD's layout."
             )
     return ordered
+
+
+def _outputs_in_onnx_order(model: OrtModel | ModelInfo) -> list[TensorInfo]:
+    """The model's outputs in its ONNX file's ``graph.output`` order, by name, whatever order the
+    runtime lists them in (the file is the one definition of SCRFD's layout)."""
+    listed = {info.name: info for info in model.outputs}
+    try:
+        _, names = onnx_io_names(model.path)
+    except ModelUnavailableError:
+        return list(model.outputs)
+    if set(names) != set(listed):
+        raise ModelUnavailableError(
+            f"The runtime's outputs of {model.name} ({sorted(listed)}) are not its ONNX file's ({list(names)})."
+        )
+    return [listed[name] for name in names]
 
 
 def letterbox(image: Image, size: int) -> ScrfdInput:
@@ -221,7 +236,7 @@ class ScrfdDetector:
         self.config = config or ScrfdConfig()
         self._layout = _layout(len(model.output_names))
         #: Output names in decoding order (scores, boxes, keypoints per stride): asked for by name.
-        self.heads = head_names(model.outputs)
+        self.heads = head_names(_outputs_in_onnx_order(model))
         self._input = model.inputs[0]
 
     def prepare(self, image: Image) -> ScrfdInput:
