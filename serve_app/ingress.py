@@ -386,6 +386,7 @@ class MirageIngress:
             "total_started": self.registry.total_started,
             "total_refused": self.registry.total_refused,
             "pending_sockets": self.registry.pending,
+            "breakers": self.ctx.breakers.describe(),
             "total_pending_refused": self.registry.total_pending_refused,
             "open_peer_connections": open_peer_connections(),
             "loop_exceptions": self.loop_exceptions,

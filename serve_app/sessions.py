@@ -30,6 +30,7 @@ from mirage.client.jitter import use_marker_frames
 from mirage.types import SwapOptions
 from mirage.webrtc.guard import DropCounters, guard_peer_connection
 from serve_app.auth import key_matches, rejection_message
+from serve_app.breaker import StageBreakers
 from serve_app.control import (
     ControlError,
     OfferMessage,
@@ -83,6 +84,8 @@ class SessionContext:
     preparer: FramePreparer
     stats: RollingStats
     sink: FrameMetricsSink = field(default_factory=NullSink)
+    #: Per-stage circuit breakers shared by this replica's sessions (serve_app.breaker).
+    breakers: StageBreakers = field(default_factory=StageBreakers)
 
 
 @dataclass
