@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import functools
 import logging
 import signal
@@ -54,6 +55,7 @@ from mirage.client.session import (
 )
 from mirage.client.stamp import BAND_WIDTH, BLOCK
 from mirage.types import Image
+from mirage.webrtc.guard import IcePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +273,7 @@ class CamApp:
             tone_hz=None,
             fps=s.fps,
             connect_timeout_s=s.connect_timeout_s,
+            ice=IcePolicy.from_env(os.environ),  # MIRAGE_ICE_HOST_ADDRESSES / MIRAGE_ICE_ANNOUNCED_ADDRESS
         )
 
     async def _connection_loop(self) -> None:

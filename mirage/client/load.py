@@ -102,6 +102,7 @@ def clip_period(source: VideoSource, fps: float, seconds: float = 10.0) -> int:
 
 async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None = None) -> dict[str, Any]:
     from mirage.client.session import ClientConfig, MirageSession, SessionError, SessionRefused, SessionStats
+    from mirage.webrtc.guard import IcePolicy
 
     config = ClientConfig(
         url=plan.url,
@@ -114,6 +115,7 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
         fps=plan.fps,
         connect_timeout_s=plan.connect_timeout_s,
         encoded=encoded,
+        ice=IcePolicy.from_env(os.environ),  # MIRAGE_ICE_HOST_ADDRESSES / MIRAGE_ICE_ANNOUNCED_ADDRESS
     )
     session = MirageSession(config)
     record: dict[str, Any] = {"index": index, "connected": False, "error": None, "code": None}

@@ -42,6 +42,7 @@ from mirage.client.encoded import EncodedClip
 from mirage.client.stamp import frame_distance, read_stamp
 from mirage.client.tracks import PreEncodedVideoTrack, SendLedger, StampedVideoTrack, ToneAudioTrack
 from mirage.errors import MirageError
+from mirage.webrtc.guard import IcePolicy, guard_peer_connection
 from mirage.types import Image
 from mirage.video import video_frame_to_bgr
 
@@ -107,6 +108,12 @@ class ClientConfig:
     #: Replay this pre-encoded VP8 clip of ``source`` (see :mod:`mirage.client.encoded`) instead
     #: of encoding live; its stamps cycle with the clip's period. Live when the server wants H.264.
     encoded: EncodedClip | None = None
+    #: The server sends stats every second: this long without any WebSocket message means the
+    #: ingress is gone (the socket may not even close), and the session ends, peer connection too.
+    silence_timeout_s: float = 5.0
+    #: Host-candidate allow-list / NAT address for this side's ICE (mirage.webrtc.guard); media is
+    #: accepted only from the address ICE validated.
+    ice: IcePolicy = IcePolicy()
 
     def __post_init__(self) -> None:
         if self.encoded is not None and self.encoded.size != self.source.size:
@@ -237,6 +244,7 @@ class MirageSession:
         self._first_frame = asyncio.Event()
         self._last_unwrapped: int | None = None
         self._closing = False
+        self._last_ws_message = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -299,6 +307,7 @@ class MirageSession:
         channel = self._channel = pc.createDataChannel("control")
         channel.on("open", self._channel_open.set)
         channel.on("message", self._on_channel_message)
+        guard_peer_connection(pc, self.config.ice)
 
         # aiortc gathers every candidate inside setLocalDescription: the offer is complete (non-trickle).
         await pc.setLocalDescription(await pc.createOffer())
@@ -334,6 +343,7 @@ class MirageSession:
         self.note = reply.get("note")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type=reply.get("sdp_type", "answer")))
         self._spawn(self._read_ws())
+        self._spawn(self._watch_silence())
         await self._connected.wait()
         if pc.connectionState != "connected":
             if self.close_code is not None:
@@ -500,6 +510,7 @@ class MirageSession:
 
         try:
             async for raw in self._ws:
+                self._last_ws_message = time.monotonic()
                 self._dispatch(raw, via="ws")
         except ConnectionClosed:
             pass
@@ -507,8 +518,31 @@ class MirageSession:
             if self._ws is not None and self._ws.close_code is not None:
                 self.close_code = self._ws.close_code
                 self.close_reason = self._ws.close_reason
-            self.ended.set()
-            self._connected.set()  # wakes connect() if the server ended the session first
+            self._server_gone()
+
+    def _server_gone(self) -> None:
+        """The WebSocket died (or went silent): end the peer connection too, do not sit on a frozen picture."""
+        self.ended.set()
+        self._connected.set()  # wakes connect() if the server ended the session first
+        if self._pc is not None and not self._closing and self._pc.connectionState != "closed":
+            pc = self._pc
+            task = asyncio.ensure_future(pc.close())
+            task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+
+    async def _watch_silence(self) -> None:
+        """End the session when the server has said nothing for ``silence_timeout_s``."""
+        timeout = self.config.silence_timeout_s
+        self._last_ws_message = time.monotonic()
+        while not self.ended.is_set():
+            await asyncio.sleep(min(1.0, timeout / 4))
+            if time.monotonic() - self._last_ws_message > timeout:
+                logger.info("no word from the server for %.0f s: ending the session", timeout)
+                self.close_reason = self.close_reason or f"no word from the server for {timeout:.0f} s"
+                if self._ws is not None:
+                    task = asyncio.ensure_future(self._ws.close())
+                    task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+                self._server_gone()
+                return
 
     def _on_channel_message(self, raw: object) -> None:
         self._dispatch(raw, via="datachannel")
