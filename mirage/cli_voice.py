@@ -31,7 +31,7 @@ def add_voice_parser(sub: argparse._SubParsersAction) -> None:
         "--voice",
         default=None,
         help=f"off, a preset ({', '.join(PRESETS)}), custom, or rvc:NAME (models/voice/NAME.onnx); "
-        "without it, --pitch/--formant give the disguise exactly (none: {DEFAULT_PRESET})",
+        f"without it, --pitch/--formant give the disguise exactly (none: {DEFAULT_PRESET})",
     )
     p.add_argument("--pitch", type=float, default=None, help="pitch shift in semitones (-12 to 12)")
     p.add_argument("--formant", type=float, default=None, help="formant (timbre) factor, 1.0 = unchanged (0.7 to 1.4)")
