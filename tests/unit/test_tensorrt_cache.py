@@ -291,9 +291,11 @@ def test_compile_without_gpu_says_why(swapper_onnx: Path, capsys: pytest.Capture
     if probe_accelerators().gpu is not None:
         pytest.skip("this machine has a GPU: tests/gpu/ covers compiling")
     code = run_compile(_compile_args("--onnx", f"inswapper_128={swapper_onnx}"))
-    assert code == 1
-    err = capsys.readouterr().err
-    assert "Cannot compile TensorRT engines here: no CUDA GPU" in err and "docs/gpu.md" in err
+    assert code == 0  # not a failure: the model still serves on ONNX Runtime (tests/unit/test_compile_report.py)
+    captured = capsys.readouterr()
+    assert "cannot compile TensorRT engines here: no CUDA GPU" in captured.err and "docs/gpu.md" in captured.err
+    assert "inswapper_128 (stand-in): no engine" in captured.out and "serves on ONNX Runtime CPU" in captured.out
+    assert run_compile(_compile_args("--onnx", "broken-argument")) == 1  # usage errors stay exit 1
 
 
 def test_compile_is_wired_into_the_models_cli() -> None:
