@@ -83,6 +83,7 @@ def load_faces(judge: qm.Judge) -> dict[str, Face]:
         faces[f"t1_{index}"] = Face(f"t1_{index}", _crop_around(group, face.box, 2.5), notes[index])
     faces["t1_2_grey"] = Face("t1_2_grey", qm.to_grey_bgr(faces["t1_2"].image), "greyscale")
     faces["hanks_grey"] = Face("hanks_grey", qm.to_grey_bgr(qm.tom_hanks()), "112 px, greyscale")
+    faces["astronaut_cam"] = Face("astronaut_cam", astronaut_source(640, 480, 30.0).frame(0), "640x480 camera frame, large face")
     return faces
 
 
@@ -112,9 +113,11 @@ CASES: list[tuple[str, str, str]] = [
     ("t1_5", "t1_3", "open-mouth target"),
     ("hanks_grey", "astronaut", "112 px greyscale reference"),
     ("astronaut", "t1_2_grey", "greyscale target"),
+    ("t1_0", "astronaut_cam", "large face in a 640x480 camera frame"),
+    ("t1_4", "astronaut_cam", "turned reference, large face"),
 ]
 
-OPEN_MOUTH = 0.15  # inner-lip gap ÷ mouth width above which a target counts as open-mouthed
+OPEN_MOUTH = 0.12  # inner-lip gap ÷ mouth width above which a target counts as open-mouthed
 
 
 # ---------------------------------------------------------------- one case

@@ -16,7 +16,8 @@ product's frame and has the target's shape):
 - colour: CIELAB (OpenCV float conversion, D65), ΔE76 on mean colours. ``centre``
   = cheeks and nose (dlib landmarks, eyes and mouth cut out); ``ring`` = skin
   around the face the swap did not change (|out − target| == 0), a band around the
-  jaw line and forehead, kept to skin-coloured pixels of the target. Since the ring
+  jaw line and forehead, kept to skin-coloured pixels of the target within ΔE 15 of
+  the target's own cheeks (so hair and background drop out). Since the ring
   is unchanged it is the same in both images, and
   ``ΔE_out`` = ΔE(centre_out, ring), ``ΔE_target`` = ΔE(centre_target, ring) and the
   goal figure ``ΔE_rel`` = ‖(centre_out − ring) − (centre_target − ring)‖
@@ -288,24 +289,29 @@ def delta_e76(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
 
 
-def surround_ring_mask(output: Image, target: Image, landmarks: Points) -> Mask:
+def surround_ring_mask(output: Image, target: Image, landmarks: Points, max_delta_e: float = 15.0) -> Mask:
     """Skin around the face that the swap left unchanged.
 
-    A band outside the face hull extended upwards over the forehead (about 1.3× the
+    A band outside the face hull extended upwards over the forehead (1.15× the
     hull, minus the hull grown by 4 %), keeping only pixels identical in output and
-    target, at least 3 px away from any changed pixel, and skin-coloured in the target.
+    target, at least 3 px away from any changed pixel, skin-coloured in the target and
+    within ``max_delta_e`` (ΔE76) of the target's own cheeks-and-nose mean (drops hair).
     """
     shape = target.shape
     lm = landmarks
     size = float(max(np.ptp(lm[:, 0]), np.ptp(lm[:, 1])))
-    brow_up = lm[17:27] - np.array([0.0, 0.35 * size])  # the forehead above the brows
+    brow_up = lm[17:27] - np.array([0.0, 0.25 * size])  # the forehead above the brows
     outer_points = np.concatenate([lm[0:17], brow_up])
     centre = outer_points.mean(axis=0)
-    outer = _poly_mask(shape, centre + (outer_points - centre) * 1.25)
+    outer = _poly_mask(shape, centre + (outer_points - centre) * 1.15)
     inner = _poly_mask(shape, centre + (np.concatenate([lm[0:17], lm[17:27]]) - centre) * 1.04)
     changed = np.abs(output.astype(np.int16) - target.astype(np.int16)).sum(axis=2) > 0
     near_changed = cv2.dilate(changed.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
-    return outer & ~inner & ~near_changed & skin_like(target)
+    ring = outer & ~inner & ~near_changed & skin_like(target)
+    if ring.any():  # skin, not hair or background: within ``max_delta_e`` of the target's own cheeks
+        centre = mean_lab(target, face_centre_mask(shape, lm))
+        ring &= np.linalg.norm(lab(target) - centre.astype(np.float32), axis=2) <= max_delta_e
+    return ring
 
 
 @dataclass(frozen=True)
