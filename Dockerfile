@@ -1,4 +1,4 @@
-# Mirage GPU image: CUDA 13 + cuDNN runtime, ONNX Runtime GPU and TensorRT, Ray Serve.
+# Mirage GPU image: CUDA 13, ONNX Runtime GPU and TensorRT, Ray Serve. Needs an R580+ NVIDIA driver.
 #
 #   docker build -t mirage-gpu:0.1.0 .
 #   docker run --rm --gpus all --network host -v mirage-models:/models mirage-gpu:0.1.0
@@ -9,9 +9,21 @@
 # compiled TensorRT engines live on the /models volume. Ports, UDP media and the one-off engine
 # build (`python -m mirage models compile`): docs/gpu.md.
 
-# onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9: keep the base on CUDA 13 with cuDNN.
-ARG BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# CUDA/cuDNN come from ONE place, the wheels: onnxruntime-gpu[cuda,cudnn] pulls exactly the
+# CUDA 13 runtime and cuDNN 9 libraries it was built against (nvidia-cuda-runtime~=13.0,
+# nvidia-cudnn-cu13~=9.0 ...), and Mirage loads them with onnxruntime.preload_dlls(). So the base
+# is CUDA's "base" flavour, which carries no CUDA libraries of its own that could disagree with
+# the wheels' minors (a cudnn-runtime base would bring a second, different cuDNN 9.x). Its
+# NVIDIA_REQUIRE_CUDA=cuda>=13.0 makes the NVIDIA container toolkit refuse hosts whose driver is
+# older than R580; Mirage also checks the driver at start-up (one log line, docs/gpu.md).
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 FROM ${BASE_IMAGE}
+
+# tensorrt-cu13 on PyPI is a front package: its tensorrt-cu13-libs and -bindings there are
+# placeholders that fetch the real wheels from NVIDIA's own package index while installing. As
+# NVIDIA's TensorRT install guide says, pip gets that index as an extra index for the GPU extras
+# below. Behind a mirror, pass --build-arg NVIDIA_PIP_INDEX=<your mirror of it> (docs/gpu.md).
+ARG NVIDIA_PIP_INDEX=https://pypi.nvidia.com
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -19,7 +31,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Python only: every native library Mirage uses ships inside its wheels (PyAV's FFmpeg,
-# OpenCV, LiteRT, ONNX Runtime, TensorRT), and CUDA/cuDNN come with the base image.
+# OpenCV, LiteRT, ONNX Runtime, TensorRT, and CUDA/cuDNN through onnxruntime-gpu's extras).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
@@ -32,7 +44,7 @@ ENV VIRTUAL_ENV=/app/.venv \
     PATH=/app/.venv/bin:$PATH
 
 # The dependency layer, rebuilt only when a list changes. Same commands and flags as
-# scripts/setup.sh; then onnxruntime-gpu replaces the CPU onnxruntime.
+# scripts/setup.sh; then onnxruntime-gpu replaces the CPU onnxruntime (NVIDIA's index for TensorRT).
 COPY requirements.txt requirements-nodeps.txt requirements-gpu.txt ./
 RUN python3 -m venv .venv \
  && .venv/bin/python -m pip install -q --upgrade pip \
@@ -42,7 +54,7 @@ RUN python3 -m venv .venv \
       echo "opencv-python (the GUI build) was pulled in; keep one OpenCV, the headless one (scripts/setup.sh)" >&2; exit 1; \
     fi \
  && .venv/bin/python -m pip uninstall -y -q onnxruntime \
- && .venv/bin/python -m pip install -q -r requirements-gpu.txt
+ && PIP_EXTRA_INDEX_URL="$NVIDIA_PIP_INDEX" .venv/bin/python -m pip install -q -r requirements-gpu.txt
 
 # The project itself, editable as scripts/setup.sh installs it (configs/ stays beside the code),
 # then the same embedded-model check setup.sh ends with.

@@ -462,8 +462,16 @@ def find_engine(engine_dir: Path, model_name: str, wanted: EngineKey) -> tuple[P
 # --------------------------------------------------------------------------- TensorRT (lazy)
 
 
+def _preload() -> None:
+    """CUDA libraries from the wheels first (onnxruntime.preload_dlls), so TensorRT finds the same ones."""
+    from mirage.runtime.onnx import preload_cuda_libraries
+
+    preload_cuda_libraries()
+
+
 def tensorrt_version() -> tuple[str | None, str]:
     """``(version, "")`` when the ``tensorrt`` package imports, else ``(None, why not)``."""
+    _preload()
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError:
@@ -475,6 +483,7 @@ def tensorrt_version() -> tuple[str | None, str]:
 
 def import_tensorrt() -> Any:
     """The ``tensorrt`` module, or ModelUnavailableError saying why it cannot be imported."""
+    _preload()
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except (ImportError, OSError) as exc:

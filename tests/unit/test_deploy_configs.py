@@ -7,8 +7,10 @@ the config's args so every deployment named must really exist.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +200,7 @@ def test_dockerfile_installs_exactly_the_dependency_lists() -> None:
     setup = _pip_installs((ROOT / "scripts" / "setup.sh").read_text())
     assert set(_requirement_sets(setup)) == {("requirements.txt", False), ("requirements-nodeps.txt", True)}
     gpu = [l.strip() for l in (ROOT / "requirements-gpu.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
-    assert [re.split(r"[=<>~]", l)[0] for l in gpu] == ["onnxruntime-gpu", "tensorrt-cu13"]
+    assert [re.split(r"[=<>~\[]", l)[0] for l in gpu] == ["onnxruntime-gpu", "tensorrt-cu13"]
     assert all("==" in l for l in gpu), "GPU extras are pinned"
 
 
@@ -208,7 +210,7 @@ def test_dockerfile_runs_safely_and_says_how_to_reach_it() -> None:
     words = [w for w, _ in steps]
     assert words[0] in ("ARG", "FROM") and any(w == "FROM" for w in words)
     base = next(a for w, a in steps if w == "ARG" and a.startswith("BASE_IMAGE="))
-    assert "cuda" in base and "cudnn" in base and "runtime" in base
+    assert base.startswith("BASE_IMAGE=nvidia/cuda:13.")
     users = [a for w, a in steps if w == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert words.index("USER") > max(i for i, w in enumerate(words) if w == "RUN")  # nothing runs as root after
@@ -221,3 +223,81 @@ def test_dockerfile_runs_safely_and_says_how_to_reach_it() -> None:
     assert next(a for w, a in steps if w == "CMD") == '["serve", "run", "configs/serve_a10g.yaml"]'
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "models/*", "test-artifacts"} <= set(ignored)
+
+
+# --------------------------------------------------------------------------- CUDA 13, driver, wheels
+
+
+def _gpu_requirements() -> dict[str, str]:
+    lines = [l.strip() for l in (ROOT / "requirements-gpu.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    return {re.split(r"[=\[]", l)[0]: l for l in lines}
+
+
+def test_base_image_and_wheels_agree_on_cuda() -> None:
+    """One set of CUDA libraries: the wheels'. The base is CUDA's 'base' flavour of the same major."""
+    steps = _instructions(DOCKERFILE.read_text())
+    base = next(a for w, a in steps if w == "ARG" and a.startswith("BASE_IMAGE=")).split("=", 1)[1]
+    match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-base-ubuntu\d+\.\d+", base)
+    assert match, f"expected a CUDA 'base' image (no CUDA libraries of its own), got {base}"
+    cuda_major = int(match.group(1))
+    reqs = _gpu_requirements()
+    assert reqs["onnxruntime-gpu"].startswith("onnxruntime-gpu[cuda,cudnn]=="), "CUDA/cuDNN must come with onnxruntime-gpu's extras"
+    trt_major = int(re.search(r"tensorrt-cu(\d+)==", reqs["tensorrt-cu13"]).group(1))  # type: ignore[union-attr]
+    assert cuda_major == trt_major == 13
+    # onnxruntime.preload_dlls() loads the wheels' libraries before any CUDA session or TensorRT.
+    onnx_src = (ROOT / "mirage" / "runtime" / "onnx.py").read_text()
+    assert "preload_dlls" in onnx_src
+
+
+def test_nvidia_index_is_given_to_the_gpu_install_only() -> None:
+    text = DOCKERFILE.read_text()
+    steps = _instructions(text)
+    assert any(w == "ARG" and a.startswith("NVIDIA_PIP_INDEX=") for w, a in steps)
+    run = "\n".join(a for w, a in steps if w == "RUN")
+    assert 'PIP_EXTRA_INDEX_URL="$NVIDIA_PIP_INDEX" .venv/bin/python -m pip install -q -r requirements-gpu.txt' in run
+    assert run.count("PIP_EXTRA_INDEX_URL") == 1 and "--extra-index-url" not in run
+    docs = (ROOT / "docs" / "gpu.md").read_text()
+    assert "NVIDIA_PIP_INDEX" in docs and "tensorrt-cu13-libs" in docs
+
+
+def _gpu_group(rayservice: dict[str, Any]) -> dict[str, Any]:
+    (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    return group["template"]["spec"]
+
+
+def test_gpu_nodes_are_selected_for_an_r580_driver(rayservice: dict[str, Any]) -> None:
+    terms = _gpu_group(rayservice)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    expressions = [e for t in terms for e in t["matchExpressions"]]
+    assert {"key": "nvidia.com/cuda.driver-version.major", "operator": "Gt", "values": ["579"]} in expressions
+    assert "R580" in (ROOT / "docs" / "gpu.md").read_text()
+
+
+def _run_init(script: str, tmp_path: Path, fetch_rc: int, compile_rc: int) -> tuple[int, list[str]]:
+    """Run the init container's shell command with a stand-in `python` that records its calls."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        f'case "$4" in fetch) exit {fetch_rc};; compile) exit {compile_rc};; esac\n'  # python -m mirage models X
+    )
+    fake.chmod(0o755)
+    log.write_text("")
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ.get('PATH', '')}"}
+    rc = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, timeout=30).returncode
+    return rc, [l for l in log.read_text().splitlines() if l]
+
+
+def test_init_container_never_chains_fetch_and_compile(rayservice: dict[str, Any], tmp_path: Path) -> None:
+    (init,) = _gpu_group(rayservice)["initContainers"]
+    command = init["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    script = command[2]
+    assert "&&" not in script
+    # A failed fetch does not skip compile, and the pod starts when compile succeeds.
+    rc, calls = _run_init(script, tmp_path, fetch_rc=1, compile_rc=0)
+    assert rc == 0 and [c.split()[3] for c in calls] == ["fetch", "compile"]
+    # compile's own verdict decides: exit 2 (a required model with no runnable path) blocks the pod.
+    rc, calls = _run_init(script, tmp_path, fetch_rc=0, compile_rc=2)
+    assert rc == 2 and len(calls) == 2
