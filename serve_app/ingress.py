@@ -113,6 +113,26 @@ def gpu_report(timeout_s: float = 5.0) -> dict[str, Any]:
     return {"available": True, "count": len(gpus), "gpus": gpus}
 
 
+def process_report() -> dict[str, Any]:
+    """This replica process's resident memory, open file descriptors and threads (for leak checks)."""
+    import os
+    import threading
+
+    rss_mb = 0.0
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    rss_mb = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = -1
+    return {"pid": os.getpid(), "rss_mb": round(rss_mb, 1), "fds": fds, "threads": threading.active_count()}
+
+
 def models_report(swappers: list[str]) -> dict[str, Any]:
     """``/debug/models``: the model store's view (presence, size, licence, sentinel, storage)."""
     from mirage.weights.manifest import load_manifest
@@ -391,6 +411,7 @@ class MirageIngress:
             "open_peer_connections": open_peer_connections(),
             "loop_exceptions": self.loop_exceptions,
             "loop_tasks": len(asyncio.all_tasks()),
+            "process": process_report(),
         }
 
     # Last route: everything else is the static web client (files owned by the web client's authors).

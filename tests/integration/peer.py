@@ -162,7 +162,10 @@ async def raw_exchange(ws_url: str, first: dict[str, Any] | str | bytes | None, 
     out = RawExchange()
     async with connect(ws_url, additional_headers=headers, max_size=2**23, open_timeout=20) as ws:
         if first is not None:
-            await ws.send(json.dumps(first) if isinstance(first, dict) else first)
+            try:
+                await ws.send(json.dumps(first) if isinstance(first, dict) else first)
+            except ConnectionClosed:
+                pass  # refused at once (e.g. a wrong key in the headers): the reply is already buffered
         try:
             while True:
                 raw = await asyncio.wait_for(ws.recv(), timeout)
