@@ -70,6 +70,10 @@ class VoiceStream:
     @property
     def latency_ms(self) -> float:
         """Algorithmic latency of the current voice (the A/V alignment adds it to the audio path)."""
+        if self._selection.kind == "rvc":
+            from mirage.voice.rvc import RvcConfig
+
+            return RvcConfig(sample_rate=self._local.config.sample_rate).latency_ms
         return 0.0 if self._selection.kind == "off" else self._local.latency_ms
 
     def set_selection(self, selection: VoiceSelection) -> None:
