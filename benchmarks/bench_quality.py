@@ -414,7 +414,7 @@ def main() -> int:
     summary = summarise(cases, flicker)
 
     print(
-        f"swap quality (judge: dlib {judge._dlib.__version__} ResNet descriptors + 68 landmarks), "
+        f"swap quality (judge: dlib {judge.version} ResNet descriptors + 68 landmarks), "
         f"mesh swapper, coverage {options.coverage}, mouth_mask {options.mouth_mask}, "
         f"{platform.machine()}; P = product, B = naive baseline\n"
     )

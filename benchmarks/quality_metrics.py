@@ -152,6 +152,10 @@ class Judge:
         self.predictor = dlib.shape_predictor(frm.pose_predictor_model_location())
         self.recogniser = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
 
+    @property
+    def version(self) -> str:
+        return str(self._dlib.__version__)
+
     def faces(self, image: Image, min_face: int = 80, max_upsample: int = 2) -> list[JudgedFace]:
         """All faces, left → right; the detector is upsampled until faces of ``min_face`` px are found."""
         rgb = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
