@@ -10,6 +10,12 @@ are used when provisioned (``MIRAGE_MODELS_DIR``); otherwise a stand-in with the
 official signature is built and every row says ``standin``: those figures
 measure the runtime and batching, not the real model's cost.
 
+With CUDA, also the **first run of each batch size** (1..8) on ONNX Runtime CUDA
+with ``cudnn_conv_algo_search`` EXHAUSTIVE (ONNX Runtime's default) and HEURISTIC
+(what Mirage sets): the stall a live frame would see when Serve's batching first
+forms a batch of that size. Each TensorRT engine is built with the accuracy check
+``models compile`` runs (fp32 ONNX Runtime on real aligned faces) and its figures.
+
 Part 2, on a GPU only: ``serve run configs/serve_a10g.yaml`` and the load client
 ``python -m mirage load`` with ``--sessions`` concurrent sessions, reporting the
 per-session fps and glass-to-glass latency. Without a GPU it prints why it was
@@ -42,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mirage.errors import MirageError  # noqa: E402
-from mirage.runtime.onnx import CPU, CUDA  # noqa: E402
+from mirage.runtime.accuracy import engine_check  # noqa: E402
+from mirage.runtime.onnx import CPU, CUDA, CUDA_PROVIDER_OPTIONS  # noqa: E402
 from mirage.runtime.select import Accelerators, probe_accelerators  # noqa: E402
 from mirage.runtime.tensorrt import BatchProfile, compile_model, make_engine_key  # noqa: E402
 from mirage.runtime.tensorrt_model import TensorRTModel  # noqa: E402
@@ -104,13 +111,16 @@ def _time(run: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarr
     }
 
 
-def _ort_runner(path: Path, provider: str, threads: int) -> tuple[Callable[[dict[str, np.ndarray]], Any] | None, str]:
+def _ort_runner(
+    path: Path, provider: str, threads: int, cuda_options: dict[str, str] | None = None
+) -> tuple[Callable[[dict[str, np.ndarray]], Any] | None, str]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    providers = [provider] if provider == CPU else [provider, CPU]
+    entry: Any = (provider, {"device_id": "0", **CUDA_PROVIDER_OPTIONS, **(cuda_options or {})}) if provider == CUDA else provider
+    providers = [entry] if provider == CPU else [entry, CPU]
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     if session.get_providers()[0] != provider:
         return None, f"ONNX Runtime kept {session.get_providers()[0]} instead of {provider}"
@@ -134,6 +144,8 @@ def bench_model(name: str, acc: Accelerators, args: argparse.Namespace, workdir:
     else:
         runner, why = _ort_runner(path, CUDA, 1)
         runtimes["cuda"] = {"available": runner is not None, "reason": why or f"ONNX Runtime CUDA on {acc.gpu.name}", "runner": runner}
+        if runner is not None:
+            runtimes["cuda"]["first_run_ms"] = _first_runs(path, inputs, max(args.batches), rng)
 
     if acc.gpu is None:
         runtimes["tensorrt"] = {"available": False, "reason": f"no CUDA GPU ({acc.gpu_reason})"}
@@ -141,14 +153,21 @@ def bench_model(name: str, acc: Accelerators, args: argparse.Namespace, workdir:
         runtimes["tensorrt"] = {"available": False, "reason": acc.tensorrt_reason}
     else:
         profile = BatchProfile.up_to(max(args.batches))
-        key = make_engine_key(path, name, acc.gpu, acc.tensorrt_version, args.precision, profile, inputs)
-        built = compile_model(name, path, args.engine_dir or workdir / "engines", key)
-        model = TensorRTModel(built.path, path, name, key)
-        runtimes["tensorrt"] = {
-            "available": True,
-            "reason": f"TensorRT {acc.tensorrt_version} {args.precision} engine ({built.action} in {built.seconds:.1f} s)",
-            "runner": model.run,
-        }
+        key = make_engine_key(path, name, acc.gpu, acc.tensorrt_version, args.precision, profile, inputs, cuda_version=acc.cuda_runtime or "")
+        try:
+            built = compile_model(
+                name, path, args.engine_dir or workdir / "engines", key, check=engine_check(name, path, max(args.batches), inputs)
+            )
+        except MirageError as exc:  # e.g. an engine refused by the accuracy check: that is a result too
+            runtimes["tensorrt"] = {"available": False, "reason": str(exc)}
+        else:
+            model = TensorRTModel(built.path, path, name, key)
+            runtimes["tensorrt"] = {
+                "available": True,
+                "reason": f"TensorRT {acc.tensorrt_version} {args.precision} engine ({built.action} in {built.seconds:.1f} s)",
+                "accuracy": built.check or "engine was already present: not re-checked",
+                "runner": model.run,
+            }
 
     for runtime in runtimes.values():
         runner = runtime.pop("runner", None)
@@ -158,6 +177,23 @@ def bench_model(name: str, acc: Accelerators, args: argparse.Namespace, workdir:
             str(b): _time(runner, _feeds(inputs, b, rng), b, args.warmup, args.iters) for b in args.batches
         }
     return {"model": name, "weights": weights, "onnx": path.name, "runtimes": runtimes}
+
+
+def _first_runs(path: Path, inputs: dict[str, tuple[int, ...]], max_batch: int, rng: np.random.Generator) -> dict[str, list[float]]:
+    """ms of the first run of each batch size 1..max_batch, per cuDNN conv algorithm search, fresh session each."""
+    figures: dict[str, list[float]] = {}
+    for search in ("EXHAUSTIVE", "HEURISTIC"):
+        runner, _ = _ort_runner(path, CUDA, 1, {"cudnn_conv_algo_search": search})
+        if runner is None:
+            continue
+        firsts = []
+        for batch in range(1, max_batch + 1):
+            feeds = _feeds(inputs, batch, rng)
+            started = time.perf_counter()
+            runner(feeds)
+            firsts.append(round((time.perf_counter() - started) * 1000.0, 1))
+        figures[search] = firsts
+    return figures
 
 
 # --------------------------------------------------------------------------- served run
@@ -253,6 +289,13 @@ def _print_table(results: list[dict[str, Any]]) -> None:
                     f"{result['model']:<19}{result['weights']:<9}{runtime:<10}{batch:>6}"
                     f"{figures['p50_ms']:>10.2f}{figures['p95_ms']:>10.2f}{figures['items_per_s']:>11.1f}"
                 )
+    for result in results:
+        cuda = result["runtimes"].get("cuda", {})
+        for search, firsts in cuda.get("first_run_ms", {}).items():
+            print(f"{result['model']:<19}first run per batch 1..{len(firsts)} on CUDA, {search}: {firsts} ms")
+        trt = result["runtimes"].get("tensorrt", {})
+        if trt.get("accuracy"):
+            print(f"{result['model']:<19}engine accuracy: {trt['accuracy']}")
     if any(r["weights"] == "standin" for r in results):
         print("standin: random-weight model with the official signature (weights not provisioned);")
         print("         its figures show runtime and batching overhead, not the real model's cost.")

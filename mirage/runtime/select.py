@@ -183,7 +183,8 @@ class RuntimeChoice:
         }
 
 
-def _tensorrt_blocker(config: RuntimeConfig, acc: Accelerators) -> str | None:
+def tensorrt_blocker(config: RuntimeConfig, acc: Accelerators) -> str | None:
+    """Why TensorRT cannot serve here (config or accelerators), or None when it can."""
     if config.cuda_only:
         return "MIRAGE_CUDA_ONLY is set"
     if not config.allow_tensorrt:
@@ -216,7 +217,7 @@ def select_runtime(
     onnx_path = Path(onnx_path)
     acc = accelerators if accelerators is not None else probe_accelerators()
     choice: RuntimeChoice | None = None
-    trt_why = _tensorrt_blocker(config, acc)
+    trt_why = tensorrt_blocker(config, acc)
     if trt_why is None:
         assert acc.gpu is not None and acc.tensorrt_version is not None
         try:

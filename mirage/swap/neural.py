@@ -30,10 +30,10 @@ from mirage.runtime.select import (
     Accelerators,
     RuntimeChoice,
     RuntimeConfig,
-    _tensorrt_blocker,
     default_engine_dir,
     load_model,
     probe_accelerators,
+    tensorrt_blocker,
 )
 from mirage.runtime.served import batch_dynamic_copy, prepared_served_onnx, served_onnx
 from mirage.runtime.tensorrt import find_engine, make_engine_key
@@ -92,7 +92,7 @@ def _has_engine(
     name: str, path: Path, engine_dir: Path, runtime: RuntimeConfig, acc: Accelerators, dynamic: bool
 ) -> bool:
     """True when a TensorRT engine for this server exists for ``name``'s served file (nothing is written)."""
-    if _tensorrt_blocker(runtime, acc) is not None:
+    if tensorrt_blocker(runtime, acc) is not None:
         return False
     served = prepared_served_onnx(name, path, dynamic=dynamic)
     if served is None:

@@ -43,7 +43,7 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _engine(onnx_path: Path, engine_dir: Path, precision: str) -> TensorRTModel:
     acc = probe_accelerators()
     assert acc.gpu is not None and acc.tensorrt_version is not None
-    key = make_engine_key(onnx_path, NAME, acc.gpu, acc.tensorrt_version, precision, PROFILE)
+    key = make_engine_key(onnx_path, NAME, acc.gpu, acc.tensorrt_version, precision, PROFILE, cuda_version=acc.cuda_runtime or "")
     result = compile_model(NAME, onnx_path, engine_dir, key)
     header = read_engine_header(result.path)
     assert header.key == key and header.model == NAME
