@@ -36,9 +36,21 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from mirage.errors import MirageError, ModelUnavailableError
-from mirage.runtime.select import Accelerators, RuntimeConfig, default_engine_dir, probe_accelerators
+from mirage.runtime.select import (
+    Accelerators,
+    RuntimeConfig,
+    default_engine_dir,
+    probe_accelerators,
+)
 from mirage.runtime.served import is_batch_dynamic, served_onnx
-from mirage.runtime.tensorrt import KNOWN_SAMPLE_SHAPES, PRECISIONS, BatchProfile, CompileResult, compile_model, make_engine_key
+from mirage.runtime.tensorrt import (
+    KNOWN_SAMPLE_SHAPES,
+    PRECISIONS,
+    BatchProfile,
+    CompileResult,
+    compile_model,
+    make_engine_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +167,14 @@ def _targets(args: argparse.Namespace, store: Any | None) -> list[tuple[str, Pat
             targets.append((name, explicit.pop(name), ""))
             continue
         try:
-            path = store.path(name) if store is not None else None
+            where: Path | None = store.path(name) if store is not None else None
         except MirageError as exc:  # a name the manifest does not know
             targets.append((name, None, str(exc)))
             continue
-        if path is not None and path.is_file():
-            targets.append((name, path, ""))
+        if where is not None and where.is_file():
+            targets.append((name, where, ""))
         else:
-            targets.append((name, None, f"not provisioned ({path} missing); run `python -m mirage models fetch {name}`"))
+            targets.append((name, None, f"not provisioned ({where} missing); run `python -m mirage models fetch {name}`"))
     targets.extend((n, p, "") for n, p in explicit.items())
     return targets
 
@@ -273,11 +285,11 @@ def run_compile(args: argparse.Namespace, store: object | None = None, out: Text
     reports: list[ModelReport] = []
     handled = {name for name, _, _ in targets}
     for name in sorted(required_names - handled):  # required but not asked for: still report its state
-        path = getattr(store, "path", lambda n: None)(name) if store is not None else None
-        if path is not None and Path(path).is_file():
-            problem = _onnx_runnable(Path(path))
+        found = getattr(store, "path", lambda n: None)(name) if store is not None else None
+        if found is not None and Path(found).is_file():
+            problem = _onnx_runnable(Path(found))
             status: Status = "fallback" if problem is None else "unavailable"
-            reports.append(ModelReport(name, status, _fallback_runtime(acc) if problem is None else "none", problem or "not compiled in this run", True, str(path)))
+            reports.append(ModelReport(name, status, _fallback_runtime(acc) if problem is None else "none", problem or "not compiled in this run", True, str(found)))
         else:
             reports.append(ModelReport(name, "unavailable", "none", f"not provisioned; run `python -m mirage models fetch {name}`", True))
     for name, path, why in targets:

@@ -248,12 +248,12 @@ class ScrfdDetector:
             return []
         blob = self.blob(inputs)
         per_image: list[list[npt.NDArray[np.float32]]]
-        if self.model.dynamic_batch:  # type: ignore[union-attr]
-            per_image = self._split(self.model.run({self._input.name: blob}, self.heads), len(inputs))  # type: ignore[union-attr]
+        if self.model.dynamic_batch:
+            per_image = self._split(self.model.run({self._input.name: blob}, self.heads), len(inputs))
         else:
             per_image = []
             for i in range(len(inputs)):
-                per_image.extend(self._split(self.model.run({self._input.name: blob[i : i + 1]}, self.heads), 1))  # type: ignore[union-attr]
+                per_image.extend(self._split(self.model.run({self._input.name: blob[i : i + 1]}, self.heads), 1))
         size = self.config.input_size
         results: list[list[Detection]] = []
         for item, outputs in zip(inputs, per_image):

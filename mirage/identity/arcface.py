@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from mirage.errors import InvalidImageError
 from mirage.geometry.align import align_face
-from mirage.runtime.onnx import OrtModel
+from mirage.runtime.onnx import ModelInfo
 from mirage.types import Image
 
 _MEAN = 127.5
@@ -30,7 +30,7 @@ def l2_normalize(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 class ArcFaceEmbedder:
-    def __init__(self, model: OrtModel) -> None:
+    def __init__(self, model: ModelInfo) -> None:
         self.model = model
         self._input = model.inputs[0]
         shape = self._input.shape

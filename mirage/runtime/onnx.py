@@ -214,8 +214,8 @@ class ModelInfo:
 
     name: str
     path: Path
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
 
     @property
     def is_standin(self) -> bool:
@@ -234,6 +234,15 @@ class ModelInfo:
             if info.name == name:
                 return info
         raise KeyError(f"model {self.name} has no input {name!r}")
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """True when the model takes any batch size in one run."""
+        raise NotImplementedError
+
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Outputs in ``output_names`` order (default: all, in the ONNX file's order)."""
+        raise NotImplementedError
 
 
 class OrtModel(ModelInfo):

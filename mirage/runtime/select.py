@@ -31,7 +31,12 @@ from typing import Any, Literal, Union
 import numpy as np
 
 from mirage.errors import ModelUnavailableError
-from mirage.runtime.cuda import CudaUnavailableError, GpuInfo, cuda_runtime_version, probe_gpu
+from mirage.runtime.cuda import (
+    CudaUnavailableError,
+    GpuInfo,
+    cuda_runtime_version,
+    probe_gpu,
+)
 from mirage.runtime.onnx import CPU, CUDA, OrtConfig, OrtModel
 from mirage.runtime.tensorrt import (
     KNOWN_SAMPLE_SHAPES,
@@ -334,10 +339,12 @@ def warm_up(
         feeds: dict[str, np.ndarray] = {}
         for info in model.inputs:
             given = (sample_shapes or {}).get(info.name)
-            sample = tuple(int(d) for d in given) if given is not None else tuple(info.shape[1:])
-            if not all(isinstance(d, int) and d > 0 for d in sample):
+            dims = list(given) if given is not None else list(info.shape[1:])
+            sample = [d for d in dims if isinstance(d, int) and d > 0]
+            if len(sample) != len(dims):
                 raise ModelUnavailableError(f"model {model.name}: input {info.name} has open dimensions {info.shape}; give its sample shape to warm it up")
-            feeds[info.name] = np.zeros((batch, *sample), dtype=info.dtype)
+            shape: list[int] = [batch, *sample]
+            feeds[info.name] = np.zeros(shape, dtype=info.dtype)
         started = time.perf_counter()
         model.run(feeds)
         timings[batch] = (time.perf_counter() - started) * 1000.0

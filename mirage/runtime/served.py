@@ -17,6 +17,7 @@ byte. :func:`served_onnx` is the only place that decides it:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,11 +38,23 @@ def rewrite_path(path: Path) -> Path:
 
 
 def is_batch_dynamic(path: Path) -> bool:
-    """True when every graph input of the ONNX file has a free (symbolic) leading dimension."""
+    """True when every graph input of the ONNX file has a free (symbolic) leading dimension.
+
+    Remembered per (path, size, mtime): InSwapper is half a gigabyte to parse.
+    """
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        raise ModelUnavailableError(f"Model file {path} cannot be read: {exc.strerror or exc}.") from exc
+    return _is_batch_dynamic(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _is_batch_dynamic(path: str, size: int, mtime_ns: int) -> bool:
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf decode errors and I/O errors alike
         raise ModelUnavailableError(f"{Path(path).name} is not a readable ONNX model ({exc.__class__.__name__}).") from exc
     initializers = {init.name for init in model.graph.initializer}

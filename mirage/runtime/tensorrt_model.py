@@ -30,7 +30,12 @@ import numpy as np
 
 from mirage.errors import ModelUnavailableError
 from mirage.runtime.onnx import ModelInfo, TensorInfo, onnx_io_names, order_like_onnx
-from mirage.runtime.tensorrt import EngineKey, import_tensorrt, read_engine_payload, tensorrt_logger
+from mirage.runtime.tensorrt import (
+    EngineKey,
+    import_tensorrt,
+    read_engine_payload,
+    tensorrt_logger,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from mirage.detect.scrfd import ScrfdDetector
 from mirage.errors import InvalidImageError, ModelUnavailableError, NoFaceError
 from mirage.geometry.align import align_face
 from mirage.identity.arcface import ArcFaceEmbedder, l2_normalize
-from mirage.runtime.onnx import OrtModel
+from mirage.runtime.onnx import ModelInfo
 from mirage.types import FaceCrop, Image, LatentIdentity, SwappedFace
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 LATENT_SIZE = 512
 
 
-def load_emap(model: OrtModel) -> npt.NDArray[np.float32]:
+def load_emap(model: ModelInfo) -> npt.NDArray[np.float32]:
     """The 512x512 ``emap`` matrix: the last initializer of the InSwapper graph."""
     try:
         proto = onnx.load(str(model.path))
@@ -49,7 +49,7 @@ def load_emap(model: OrtModel) -> npt.NDArray[np.float32]:
 
 
 class InSwapper:
-    def __init__(self, model: OrtModel) -> None:
+    def __init__(self, model: ModelInfo) -> None:
         self.model = model
         names = model.input_names
         self._target = model.input("target") if "target" in names else model.inputs[0]

@@ -25,10 +25,26 @@ import pytest
 from mirage.detect.scrfd import ScrfdConfig, ScrfdDetector
 from mirage.runtime.accuracy import AccuracyLimits, EngineAccuracyError, engine_check
 from mirage.runtime.batch_rewrite import make_batch_dynamic
-from mirage.runtime.cuda import CudaRuntime, CudaUnavailableError, driver_problem, driver_release, probe_gpu
+from mirage.runtime.cuda import (
+    CudaRuntime,
+    CudaUnavailableError,
+    driver_problem,
+    driver_release,
+    probe_gpu,
+)
 from mirage.runtime.onnx import CUDA, OrtConfig, OrtModel, onnx_io_names
-from mirage.runtime.select import RuntimeConfig, load_model, probe_accelerators, startup_line
-from mirage.runtime.tensorrt import BatchProfile, compile_model, engine_filename, make_engine_key
+from mirage.runtime.select import (
+    RuntimeConfig,
+    load_model,
+    probe_accelerators,
+    startup_line,
+)
+from mirage.runtime.tensorrt import (
+    BatchProfile,
+    compile_model,
+    engine_filename,
+    make_engine_key,
+)
 from mirage.runtime.tensorrt_model import TensorRTModel
 from tests.faces import astronaut_bgr, t1_bgr
 from tests.standins import build_inswapper_standin, build_scrfd_standin

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mirage.runtime.onnx import CPU, CUDA, CUDA_PROVIDER_OPTIONS, OrtConfig, OrtModel, choose_providers, provider_name
+from mirage.runtime.onnx import (
+    CPU,
+    CUDA,
+    CUDA_PROVIDER_OPTIONS,
+    OrtConfig,
+    OrtModel,
+    choose_providers,
+    provider_name,
+)
 from mirage.runtime.select import warm_up
 from tests.standins import build_inswapper_standin, build_scrfd_standin
 

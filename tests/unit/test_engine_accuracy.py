@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from mirage.errors import ModelUnavailableError
 from mirage.runtime.accuracy import (
     AccuracyLimits,
     EngineAccuracyError,
@@ -23,8 +24,11 @@ from mirage.runtime.accuracy import (
     reference_feeds,
 )
 from mirage.runtime.onnx import OrtConfig, OrtModel
-from mirage.errors import ModelUnavailableError
-from tests.standins import build_arcface_standin, build_inswapper_standin, build_scrfd_standin
+from tests.standins import (
+    build_arcface_standin,
+    build_inswapper_standin,
+    build_scrfd_standin,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def test_real_face_inputs_are_preprocessed_like_serving(folder: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(source, axis=1), 1.0, rtol=1e-5)
     assert samples == f"{target.shape[0]} real aligned faces (128 px)"
     arcface = OrtModel(build_arcface_standin(folder / "arcface_standin.onnx"), OrtConfig(), "arcface_w600k_r50")
-    (blob,), _ = zip(*[(v, k) for k, v in reference_feeds("arcface_w600k_r50", arcface.inputs)[0].items()])
+    blob = reference_feeds("arcface_w600k_r50", arcface.inputs)[0]["input.1"]
     assert blob.shape[1:] == (3, 112, 112) and -1.0 <= blob.min() and blob.max() <= 1.0
     scrfd = OrtModel(build_scrfd_standin(folder / "scrfd_standin.onnx", dynamic=True), OrtConfig(), "scrfd_10g")
     feeds, samples = reference_feeds("scrfd_10g", scrfd.inputs, sample_shapes={"input.1": (3, 640, 640)})

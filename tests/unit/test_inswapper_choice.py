@@ -23,11 +23,20 @@ from mirage.runtime.cuda import GpuInfo
 from mirage.runtime.onnx import CPU, CUDA, OrtConfig
 from mirage.runtime.select import Accelerators, RuntimeConfig, select_runtime
 from mirage.runtime.served import prepared_served_onnx, rewrite_path, served_onnx
-from mirage.runtime.tensorrt import engine_filename, file_sha256, make_engine_key, write_engine_file
+from mirage.runtime.tensorrt import (
+    engine_filename,
+    file_sha256,
+    make_engine_key,
+    write_engine_file,
+)
 from mirage.swap.neural import choose_inswapper, load_neural_swap
 from mirage.weights.manifest import load_manifest
 from mirage.weights.provision import ModelStore, ProvisionConfig
-from tests.standins import build_arcface_standin, build_inswapper_standin, build_scrfd_standin
+from tests.standins import (
+    build_arcface_standin,
+    build_inswapper_standin,
+    build_scrfd_standin,
+)
 
 A10G = GpuInfo("NVIDIA A10G", "8.6")
 GPU = Accelerators(A10G, "", "10.16.1.11", "", (CUDA, CPU), "13.0")

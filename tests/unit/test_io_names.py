@@ -18,10 +18,21 @@ import pytest
 
 from mirage.detect.scrfd import ScrfdDetector, decode_outputs, head_names
 from mirage.errors import ModelUnavailableError
-from mirage.runtime.onnx import ModelInfo, OrtConfig, OrtModel, TensorInfo, onnx_io_names, order_like_onnx
+from mirage.runtime.onnx import (
+    ModelInfo,
+    OrtConfig,
+    OrtModel,
+    TensorInfo,
+    onnx_io_names,
+    order_like_onnx,
+)
 from mirage.runtime.tensorrt_model import engine_io_in_onnx_order
 from tests.faces import astronaut_bgr
-from tests.standins import build_scrfd_constant_standin, build_scrfd_standin, scrfd_raw_outputs
+from tests.standins import (
+    build_scrfd_constant_standin,
+    build_scrfd_standin,
+    scrfd_raw_outputs,
+)
 
 SCRFD_NAMES = [f"{448 + i}" for i in range(9)]
 SHUFFLE = [4, 8, 0, 6, 2, 7, 1, 5, 3]  # a permutation that moves every head
