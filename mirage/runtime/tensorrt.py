@@ -195,9 +195,12 @@ def file_sha256(path: Path) -> str:
         if memo_key in _SHA_MEMO:
             return _SHA_MEMO[memo_key]
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(_CHUNK), b""):
+                digest.update(block)
+    except OSError as exc:  # unreadable or vanished mid-read (shared volumes): a fallback, not a crash
+        raise ModelUnavailableError(f"Model file {path} cannot be read: {exc.strerror or exc}.") from exc
     value = digest.hexdigest()
     with _SHA_LOCK:
         _SHA_MEMO[memo_key] = value

@@ -133,3 +133,12 @@ def test_startup_line_and_probe_on_this_machine(caplog: pytest.LogCaptureFixture
     if gpu is None:
         assert lines[0] == f"GPU: none usable ({reason}); neural models run on the CPU"
 
+
+
+def test_an_unreadable_model_file_is_model_unavailable_for_the_key(tmp_path: Path) -> None:
+    from mirage.runtime.tensorrt import file_sha256
+
+    folder = tmp_path / "a-directory.onnx"
+    folder.mkdir()  # stat works, reading fails with IsADirectoryError (an OSError)
+    with pytest.raises(ModelUnavailableError, match="cannot be read"):
+        file_sha256(folder)
