@@ -86,19 +86,18 @@ def test_scrfd_engine_maps_outputs_by_name_and_decodes_like_onnxruntime(
     atol = 1e-4 if precision == "fp32" else 2e-2
     for name in onnx_outputs:
         np.testing.assert_allclose(got[name], want[name], atol=atol, rtol=0, err_msg=name)
-    config = ScrfdConfig(score_threshold=0.12)  # random weights: a low threshold gives detections
+    config = ScrfdConfig(score_threshold=0.2)  # random weights: 24 + 3 detections on ONNX Runtime CPU
     frames = [astronaut_bgr(), t1_bgr()]
     on_cpu = ScrfdDetector(cpu, config).detect(frames)
     on_trt = ScrfdDetector(engine, config).detect(frames)
     assert sum(len(d) for d in on_cpu) > 0
-    if precision == "fp32":
-        for a, b in zip(on_cpu, on_trt):
-            assert len(a) == len(b)
-            for da, db in zip(a, b):
-                np.testing.assert_allclose(da.box, db.box, atol=0.05)
-                np.testing.assert_allclose(da.keypoints, db.keypoints, atol=0.05)
-    else:
-        assert abs(sum(len(d) for d in on_trt) - sum(len(d) for d in on_cpu)) <= max(2, sum(len(d) for d in on_cpu) // 10)
+    slack = 1 if precision == "fp32" else 3  # scores within rounding of the threshold may flip
+    box_atol = 0.05 if precision == "fp32" else 1.0
+    for a, b in zip(on_cpu, on_trt):
+        assert abs(len(a) - len(b)) <= slack
+        for da, db in zip(a[:3], b[:3]):  # the strongest detections, highest score first
+            np.testing.assert_allclose(da.box, db.box, atol=box_atol)
+            np.testing.assert_allclose(da.keypoints, db.keypoints, atol=box_atol)
 
 
 def test_accuracy_check_passes_a_good_fp16_engine_and_refuses_beyond_limits(tmp_path: Path) -> None:
