@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +130,7 @@ def choose_providers(config: OrtConfig, available: Sequence[str] | None = None) 
     return chosen
 
 
-_PRELOAD_LOCK = threading.Lock()
-_PRELOADED: list[bool] = []
-
-
+@functools.lru_cache(maxsize=1)
 def preload_cuda_libraries() -> None:
     """Load CUDA and cuDNN from the ``nvidia-*`` wheels once, before the first CUDA session.
 
@@ -142,19 +138,15 @@ def preload_cuda_libraries() -> None:
     CUDA 13 / cuDNN 9 libraries that onnxruntime-gpu was built against;
     ``onnxruntime.preload_dlls()`` loads those (not whatever else is on the library path).
     A no-op on onnxruntime builds without it and never raises: a failure only means the
-    CUDA provider may not load, which the runtime choice reports.
+    CUDA provider may not load, which the runtime choice reports. Cached: once per process.
     """
-    with _PRELOAD_LOCK:
-        if _PRELOADED:
-            return
-        _PRELOADED.append(True)
-        preload = getattr(ort, "preload_dlls", None)
-        if preload is None or CUDA not in ort.get_available_providers():
-            return
-        try:
-            preload()
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises assorted errors here
-            logger.warning("onnxruntime.preload_dlls() failed (%s); the CUDA provider may not load", exc)
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or CUDA not in ort.get_available_providers():
+        return
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises assorted errors here
+        logger.warning("onnxruntime.preload_dlls() failed (%s); the CUDA provider may not load", exc)
 
 
 @functools.lru_cache(maxsize=64)
