@@ -145,7 +145,7 @@ class DspVoiceConverter:
         self._window = (0.5 - 0.5 * np.cos(_TWO_PI * np.arange(n) / n)).astype(np.float32)  # periodic Hann
         # Hann analysis x Hann synthesis overlap-adds to a constant at this hop.
         self._ola_gain = np.float32(np.sum(self._window**2) / c.hop)
-        self._bin_advance = (_TWO_PI * c.hop * np.arange(c.bins) / n).astype(np.float64)
+        self._bin_advance = (_TWO_PI * c.hop * np.arange(c.bins) / n).astype(np.float32)
         lifter_n = max(2, int(round(c.sample_rate * c.lifter_ms / 1000.0)))
         lifter = np.zeros(n, np.float32)
         lifter[:lifter_n] = 1.0
@@ -153,6 +153,7 @@ class DspVoiceConverter:
         lifter[lifter_n - 1] = 0.5  # a softer edge: less ringing in the envelope
         self._lifter = lifter
         self._bins_f = np.arange(c.bins, dtype=np.float32)
+        self._tables: dict[float, _Table] = {}
         self._window_power = float(np.mean(self._window**2))
         self._level_decay = float(np.exp(-c.hop / (0.25 * c.sample_rate)))
         self._ramp = (np.arange(1, c.hop + 1, dtype=np.float64) / c.hop)[None, :]
@@ -160,6 +161,27 @@ class DspVoiceConverter:
     @property
     def latency_ms(self) -> float:
         return self.config.latency_ms
+
+    def _table(self, factor: float) -> _Table:
+        """Where output bin k reads from when a spectrum is stretched by ``factor`` (k / factor):
+        floor index, next index, fraction, in-band mask, nearest index. Cached per factor."""
+        table = self._tables.get(factor)
+        if table is None:
+            k = self.config.bins
+            src = self._bins_f / np.float32(factor)
+            pos = np.clip(src, 0.0, k - 1.0)
+            lo = np.floor(pos).astype(np.intp)
+            table = (
+                lo,
+                np.minimum(lo + 1, k - 1),
+                (pos - lo).astype(np.float32),
+                (src <= k - 1).astype(np.float32),
+                np.clip(np.rint(src), 0, k - 1).astype(np.intp),
+            )
+            if len(self._tables) >= 256:
+                self._tables.clear()
+            self._tables[factor] = table
+        return table
 
     def new_state(self) -> DspState:
         return DspState.fresh(self.config)
@@ -221,13 +243,15 @@ class DspVoiceConverter:
         idx = np.arange(frames)[:, None] * hop + np.arange(n)[None, :]
         x = stacked[:, idx] * self._window
         spec = np.fft.rfft(x, axis=-1)
-        mag = np.abs(spec).astype(np.float32)
-        phase = np.angle(spec)
-        prev = np.concatenate([np.stack([s.last_phase for s in states])[:, None, :].astype(np.float64), phase[:, :-1]], axis=1)
+        re = spec.real.astype(np.float32)
+        im = spec.imag.astype(np.float32)
+        mag = np.sqrt(re * re + im * im)
+        phase = np.arctan2(im, re)  # float32 trigonometry: an order of magnitude cheaper than float64
+        prev = np.concatenate([np.stack([s.last_phase for s in states])[:, None, :], phase[:, :-1]], axis=1)
         # Instantaneous frequency, in bins.
         delta = phase - prev - self._bin_advance
-        delta = delta - _TWO_PI * np.round(delta / _TWO_PI)
-        inst = self._bins_f + (delta * n / (_TWO_PI * hop)).astype(np.float32)
+        delta -= np.float32(_TWO_PI) * np.round(delta / np.float32(_TWO_PI))
+        inst = self._bins_f + delta * np.float32(n / (_TWO_PI * hop))
 
         # Envelope from the liftered real cepstrum (log domain).
         logmag = np.log(mag + 1e-7)
@@ -236,12 +260,12 @@ class DspVoiceConverter:
         residual = logmag - env
 
         ratio = np.array([p.pitch_ratio for p in params], np.float32)[:, None, None]
-        formant = np.array([p.formant for p in params], np.float32)[:, None, None]
-        src = self._bins_f[None, None, :] / ratio  # (B, 1, K) broadcast over frames
-        res_out = _interp_bins(residual, np.broadcast_to(src, mag.shape))
-        env_out = _interp_bins(env, np.broadcast_to(self._bins_f[None, None, :] / formant, mag.shape))
+        pitch_tables = [self._table(p.pitch_ratio) for p in params]
+        formant_tables = [self._table(p.formant) for p in params]
+        res_out = _interp_rows(residual, pitch_tables)
+        env_out = _interp_rows(env, formant_tables)
         out_mag = np.exp(res_out + env_out)
-        out_mag[np.broadcast_to(src > bins - 1, mag.shape)] = 0.0
+        out_mag *= np.stack([t[3] for t in pitch_tables])[:, None, :]  # nothing from beyond the band
         # Loudness: each output frame carries its input frame's energy.
         e_in = np.sum(mag * mag, axis=-1, keepdims=True)
         e_out = np.sum(out_mag * out_mag, axis=-1, keepdims=True)
@@ -249,15 +273,18 @@ class DspVoiceConverter:
         out_mag *= np.clip(gain, 0.0, 8.0)
 
         # Phases: kept when the pitch is unchanged; otherwise the vocoder recursion.
-        nearest = np.clip(np.rint(src), 0, bins - 1).astype(np.intp)
-        src_inst = np.take_along_axis(inst, np.broadcast_to(nearest, mag.shape), axis=-1)
+        nearest = np.stack([t[4] for t in pitch_tables])[:, None, :]
+        src_inst = np.take_along_axis(inst, nearest, axis=-1)
         advance = (_TWO_PI * hop / n) * (src_inst.astype(np.float64) * ratio)
         start = np.stack([s.out_phase for s in states])[:, None, :].astype(np.float64)
         accumulated = start + np.cumsum(advance, axis=1)
         keep = (ratio == 1.0).reshape(batch, 1, 1)
-        out_phase = np.where(keep, phase, accumulated)
-        out_phase = out_phase - _TWO_PI * np.floor(out_phase / _TWO_PI)
-        y = np.fft.irfft(out_mag * np.exp(1j * out_phase), n=n, axis=-1).astype(np.float32) * self._window
+        accumulated -= _TWO_PI * np.floor(accumulated / _TWO_PI)
+        out_phase = np.where(keep, phase, accumulated.astype(np.float32))
+        synth = np.empty(out_phase.shape, np.complex128)
+        synth.real = out_mag * np.cos(out_phase)
+        synth.imag = out_mag * np.sin(out_phase)
+        y = np.fft.irfft(synth, n=n, axis=-1).astype(np.float32) * self._window
         y /= self._ola_gain
 
         lead = n - hop
@@ -289,13 +316,14 @@ class DspVoiceConverter:
         return results
 
 
-def _interp_bins(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Linear interpolation of ``values`` (..., K) at fractional bin ``positions`` (same shape), clamped."""
-    k = values.shape[-1]
-    pos = np.clip(positions, 0.0, k - 1.0)
-    lo = np.floor(pos).astype(np.intp)
-    hi = np.minimum(lo + 1, k - 1)
-    frac = (pos - lo).astype(np.float32)
+_Table = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _interp_rows(values: np.ndarray, tables: list[_Table]) -> np.ndarray:
+    """Linear interpolation of ``values`` (B, F, K) at each row's table positions (same for all its frames)."""
+    lo = np.stack([t[0] for t in tables])[:, None, :]
+    hi = np.stack([t[1] for t in tables])[:, None, :]
+    frac = np.stack([t[2] for t in tables])[:, None, :]
     a = np.take_along_axis(values, lo, axis=-1)
     b = np.take_along_axis(values, hi, axis=-1)
     return a + (b - a) * frac
