@@ -14,8 +14,10 @@
 # nvidia-cudnn-cu13~=9.0 ...), and Mirage loads them with onnxruntime.preload_dlls(). So the base
 # is CUDA's "base" flavour, which carries no CUDA libraries of its own that could disagree with
 # the wheels' minors (a cudnn-runtime base would bring a second, different cuDNN 9.x). Its
-# NVIDIA_REQUIRE_CUDA=cuda>=13.0 makes the NVIDIA container toolkit refuse hosts whose driver is
-# older than R580; Mirage also checks the driver at start-up (one log line, docs/gpu.md).
+# NVIDIA_REQUIRE_CUDA (cuda>=13.0, with exceptions for the data-center driver branches NVIDIA's
+# CUDA forward compatibility covers) lets the NVIDIA container toolkit refuse other hosts whose
+# driver is older than R580; Mirage also checks, at start-up, the CUDA version the loaded driver
+# reports (one log line, docs/gpu.md).
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 FROM ${BASE_IMAGE}
 
