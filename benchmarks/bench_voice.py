@@ -127,13 +127,16 @@ def signalsmith_facts(x: np.ndarray) -> dict[str, Any] | None:
         p = ss.Stretch()
         setup(p)
         out[f"latency_ms_{label}"] = round(1000.0 * (p.inputLatency() + p.outputLatency()) / RATE, 1)
-    p = ss.Stretch()
-    p.configure(1, 1440, 240)
-    p.setTransposeSemitones(4.0)
-    lat = p.inputLatency() + p.outputLatency()
-    y = np.concatenate([p.process(x[None, i : i + CHUNK].astype(np.float32))[0] for i in range(0, x.size - CHUNK, CHUNK)])
-    y = y[lat:]
-    out["f0_shift_for_plus4_st"] = round(12 * float(np.log2(median_f0(y, RATE) / median_f0(x[: y.size], RATE))), 2)
+    for label, setup in (("default", lambda p: p.preset(1, RATE)), ("block_30ms", lambda p: p.configure(1, 1440, 240))):
+        p = ss.Stretch()
+        setup(p)
+        p.setTransposeSemitones(4.0)
+        lat = p.inputLatency() + p.outputLatency()
+        pieces = [p.process(x[None, i : i + CHUNK].astype(np.float32))[0] for i in range(0, x.size - CHUNK, CHUNK)]  # type: ignore[index]
+        y = np.concatenate(pieces)[lat:]
+        ref = x[: y.size]
+        out[f"f0_shift_for_plus4_st_{label}"] = round(12 * float(np.log2(median_f0(y, RATE) / median_f0(ref, RATE))), 2)
+        out[f"loudness_change_db_{label}"] = round(10 * float(np.log10(np.mean(y.astype(np.float64) ** 2) / np.mean(ref.astype(np.float64) ** 2))), 2)
     return out
 
 
@@ -224,7 +227,8 @@ def served(x: np.ndarray, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-        handle = serve.run(VoiceConverter.bind(VoiceCoreConfig(rvc=False)), name="bench-voice", route_prefix=None)
+        handle = serve.run(VoiceConverter.bind(  # type: ignore[attr-defined]
+            VoiceCoreConfig(rvc=False)), name="bench-voice", route_prefix=None)
         chunks = int(seconds * RATE / CHUNK)
         for sessions in (1, 3):
             async def run() -> list[dict[str, list[float]]]:

@@ -102,7 +102,7 @@ class VoiceConverter:
         self.core = VoiceConverterCore(config)
         self._metrics = BatchMetrics("voice")
         self._counters = ChunkCounters()
-        self._batching = VoiceBatchingConfig()
+        self._batching = VoiceBatchingConfig.model_validate({})
         logger.info(
             "VoiceConverter ready: DSP disguise (%.0f ms algorithmic latency); RVC %s",
             self.core.dsp.latency_ms,

@@ -155,3 +155,17 @@ def test_changing_preset_keeps_the_stream_changing_converter_restarts_it(core: V
     s.set_selection(parse_voice("rvc:x"))
     c3 = s.request(tone(0.02))
     assert c3 is not None and c3.state is None
+
+
+def test_webrtc_frame_helpers_round_trip_through_av() -> None:
+    from av import AudioFrame
+
+    from mirage.voice.audio import frame_to_mono, mono_to_frame
+
+    x = tone(0.02)
+    for layout, channels in (("mono", 1), ("stereo", 2)):
+        frame = AudioFrame.from_ndarray(mono_to_frame(x, channels), format="s16", layout=layout)
+        frame.sample_rate = 48000
+        assert frame.samples == CHUNK
+        back = frame_to_mono(frame.to_ndarray(), channels)
+        np.testing.assert_allclose(back, x, atol=1.0 / 32767)
