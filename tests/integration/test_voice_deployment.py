@@ -141,3 +141,67 @@ def test_health_voices_latency_and_reconfigure(voice_handle: Any) -> None:
     )
     stats = voice_handle.stats.remote().result()
     assert stats["batching"]["max_batch_size"] == 4
+
+
+def _window_correlation(out: np.ndarray, sent: np.ndarray, lag: int) -> float:
+    """Highest normalised correlation of the output with the sent audio around the stream's latency."""
+    best = 0.0
+    for d in range(max(0, lag - 480), lag + 2400, 24):
+        x, y = out[d:], sent[: sent.size - d]
+        n = min(x.size, y.size)
+        if n < 960:
+            continue
+        denom = float(np.linalg.norm(x[:n]) * np.linalg.norm(y[:n]))
+        if denom > 0:
+            best = max(best, abs(float(np.dot(x[:n], y[:n]))) / denom)
+    return best
+
+
+def test_a_killed_replica_never_lets_the_real_voice_through(voice_handle: Any) -> None:
+    """Runs last: it kills the replica. While it is down every chunk is disguised in the "ingress"
+    (the pump's local fallback); once Serve has replaced it, conversion resumes on the new replica
+    from the state that travelled with the calls."""
+    import ray
+
+    from mirage.voice.pump import VoicePump
+
+    speech = np.concatenate([speak(SENTENCES[0], 48000), speak(SENTENCES[1], 48000)])
+    x = np.tile(speech, 8)  # up to about 70 s: Serve notices the dead replica at its next health check (10 s)
+    frames = x.size // CHUNK
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "VoiceConverter" in a["name"]]
+    assert names, "no VoiceConverter replica actor found"
+
+    async def run() -> tuple[np.ndarray, VoicePump, int]:
+        pump = VoicePump(VoiceStream(parse_voice("disguise")), lambda c: voice_handle.convert.remote(c), deadline_s=0.25)
+        pump.start()
+        out: list[np.ndarray] = []
+        converted_at_kill = -1
+        pushed = 0
+        for k in range(frames):
+            pump.push(x[k * CHUNK : (k + 1) * CHUNK], k)
+            pushed += 1
+            if converted_at_kill >= 0 and pump.stream.counters.converted > converted_at_kill + 25:
+                break  # conversion resumed on the replacement replica: enough
+            if k == 60:
+                converted_at_kill = pump.stream.counters.converted
+                for actor in names:
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+            await asyncio.sleep(0.02)
+            while not pump._out.empty():  # noqa: SLF001 - drain what is ready
+                out.append((await pump.next_frame())[0])
+        while len(out) < pushed:
+            out.append((await asyncio.wait_for(pump.next_frame(), timeout=10.0))[0])
+        await pump.close()
+        return np.concatenate(out), pump, converted_at_kill
+
+    out, pump, converted_at_kill = asyncio.run(run())
+    counters = pump.stream.counters
+    assert counters.fallbacks > 0 and pump.errors + pump.timeouts > 0, (counters, pump.errors, pump.timeouts)
+    assert counters.converted > converted_at_kill > 0, "conversion did not resume on the replacement replica"
+    assert counters.fallbacks + counters.converted == counters.chunks  # calls; each carries one or more frames
+    x = x[: out.size]
+    # No stretch of the returned audio is the sent voice: compare 0.5 s windows.
+    lag = 1200
+    for start in range(0, out.size - 24000, 24000):
+        corr = _window_correlation(out[start : start + 24000], x[max(0, start - 2400) : start + 24000], lag + min(start, 2400))
+        assert corr < 0.5, f"returned audio at {start / 48000:.1f} s correlates {corr:.2f} with the sent voice"
