@@ -69,7 +69,10 @@ def convert_file_samples(
         result = core.convert_batch([VoiceChunk(padded[start : start + chunk], selection, state, seq)])[0]
         if not result.ok or result.samples is None:
             if result.error == "voice_unavailable":
-                raise VoiceError(f"The voice {selection.label} is not available ({core.rvc_reason or 'not provisioned'}).")
+                why = (core.rvc_reason or "its model is not provisioned").rstrip(".")
+                if core.rvc is not None:
+                    why = f"no model at {core.rvc.generators_dir / (str(selection.rvc_model) + '.onnx')}"
+                raise VoiceError(f"The voice {selection.label} is not available: {why}.")
             raise VoiceError(f"The voice conversion failed ({result.error}).")
         state = result.state
         out.append(result.samples)

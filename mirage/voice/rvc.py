@@ -381,7 +381,7 @@ def load_rvc_converter(
             rvc_dir = store.root / "voice"
     if not Path(contentvec_path).is_file():
         raise ModelUnavailableError(
-            f"ContentVec is not provisioned (python -m mirage models fetch {CONTENTVEC_NAME}); RVC voices are disabled."
+            f"ContentVec is not provisioned, so RVC voices are disabled (python -m mirage models fetch {CONTENTVEC_NAME})."
         )
     loader = _default_loader(threads)
     contentvec = loader(CONTENTVEC_NAME, Path(contentvec_path))
