@@ -63,6 +63,10 @@ CLOSE_UNAUTHORIZED = 4401
 SHUTDOWN_REASON = "server shutting down"
 #: Why a session ends when its client closed the WebSocket (nothing is sent back then).
 CLIENT_CLOSED = "client closed the session"
+#: When a session ends on the media side (camera track ended, peer connection closed) the client
+#: is usually closing its WebSocket at the same moment: wait this long for that before sending a
+#: close of our own (a send racing the client's close makes Serve's proxy log a GeneratorExit).
+WS_CLOSE_GRACE_S = 1.0
 #: How long building an identity from a reference photo may take.
 IDENTITY_TIMEOUT_S = 20.0
 
@@ -118,6 +122,8 @@ class Session:
         self.state = "negotiating"
         self.end_reason: str | None = None
         self.ended = asyncio.Event()
+        #: The client's WebSocket is gone (nothing may be sent on it any more).
+        self.ws_disconnected = asyncio.Event()
         self.counters = SessionCounters()
         self._pc = RTCPeerConnection(configuration=rtc_configuration(ctx.settings.ice))
         _ALL_PEER_CONNECTIONS.add(self._pc)
@@ -316,15 +322,16 @@ class Session:
 
     async def run(self, ws: Any) -> str:
         """Serve the open WebSocket until the session ends; returns why it ended."""
-        tasks = [
-            asyncio.ensure_future(self._ws_receiver(ws)),
-            asyncio.ensure_future(self._stats_sender(ws)),
-            asyncio.ensure_future(self._watchdog()),
-        ]
+        receiver = asyncio.ensure_future(self._ws_receiver(ws))
+        others = [asyncio.ensure_future(self._stats_sender(ws)), asyncio.ensure_future(self._watchdog())]
         try:
             await self.ended.wait()
+            await cancel_and_wait(others)  # nothing more is sent from here on
+            if not self.ws_disconnected.is_set() and self.end_reason != SHUTDOWN_REASON:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.ws_disconnected.wait(), WS_CLOSE_GRACE_S)
         finally:
-            await cancel_and_wait(tasks)
+            await cancel_and_wait([receiver, *others])
         return self.end_reason or "ended"
 
     async def _ws_receiver(self, ws: Any) -> None:
@@ -332,6 +339,7 @@ class Session:
             while True:
                 message = await ws.receive()
                 if message.get("type") == "websocket.disconnect":
+                    self.ws_disconnected.set()
                     self.end(CLIENT_CLOSED)
                     return
                 payload = message.get("text")
@@ -342,6 +350,7 @@ class Session:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken socket ends the session
+            self.ws_disconnected.set()
             self.end(f"websocket error ({type(exc).__name__})")
 
     def stats_message(self, dt: float, frames_in_delta: int, frames_out_delta: int) -> dict[str, Any]:
@@ -372,6 +381,7 @@ class Session:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
+            self.ws_disconnected.set()
             self.end(f"websocket error ({type(exc).__name__})")
 
     async def _watchdog(self) -> None:
@@ -631,7 +641,7 @@ async def serve_session(
         if code == CLOSE_GOING_AWAY:
             with contextlib.suppress(Exception):
                 await session.send(ws, event_message("server_shutdown", "The server is restarting; reconnect to continue."))
-        if reason != CLIENT_CLOSED:
+        if not session.ws_disconnected.is_set():
             with contextlib.suppress(Exception):
                 await ws.close(code=code, reason=_close_reason(reason))
     except ControlError as exc:
