@@ -165,7 +165,16 @@ def quality(x: np.ndarray) -> dict[str, Any]:
         "f0_shift_for_formant_1.15": round(12 * float(np.log2(median_f0(convert_whole(x, VoiceParams(0.0, 1.15)), RATE) / f0)), 2),
         "f1_f2_ratio_for_formant_1.15": [round(float(r), 3) for r in ratios],
         "loudness_change_db": {name: round(db(convert_whole(x, p)) - db(x), 2) for name, p in PRESETS.items()},
+        # Praat's harmonics-to-noise ratio (cross-correlation, 50 Hz floor): how clean the voice stays.
+        "hnr_db": {"input": hnr(x), **{name: hnr(convert_whole(x, p)) for name, p in PRESETS.items()}},
     }
+
+
+def hnr(samples: np.ndarray) -> float:
+    import parselmouth
+
+    h = parselmouth.Sound(np.asarray(samples, np.float64), RATE).to_harmonicity_cc(minimum_pitch=50.0)
+    return round(float(np.median(h.values[h.values > -100])), 2)
 
 
 def rvc_core(folder: Path) -> VoiceConverterCore:
