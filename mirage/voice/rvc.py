@@ -361,6 +361,7 @@ def load_rvc_converter(
     threads: int = 1,
     contentvec_path: Path | None = None,
     config: RvcConfig | None = None,
+    dynamic_batch: bool = True,
 ) -> RvcConverter:
     """ContentVec (provisioned, or ``contentvec_path``), SwiftF0 (from its wheel) and the voice folder.
 
@@ -385,6 +386,13 @@ def load_rvc_converter(
         )
     loader = _default_loader(threads)
     contentvec = loader(CONTENTVEC_NAME, Path(contentvec_path))
+    if isinstance(contentvec.inputs[0].shape[0], int) and dynamic_batch:
+        # A batch-1 export: rewrite its batch dimension once (proven equal to batch-1 runs), as the face models do.
+        from mirage.swap.neural import batch_dynamic_copy
+
+        rewritten = batch_dynamic_copy(Path(contentvec_path), {contentvec.inputs[0].name: (1, 1, CONTENT_RATE)})
+        if rewritten != Path(contentvec_path):
+            contentvec = loader(CONTENTVEC_NAME, rewritten)
     shape = contentvec.inputs[0].shape
     if len(shape) != 3:
         raise ModelUnavailableError(f"{Path(contentvec_path).name} is not a ContentVec export (input must be [B, 1, N]).")

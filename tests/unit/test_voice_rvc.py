@@ -131,3 +131,17 @@ def test_coarse_pitch_matches_rvcs_mel_bins() -> None:
     bins = coarse_pitch(np.array([0.0, 50.0, 100.0, 1100.0, 5000.0]))
     assert bins[0] == 1 and bins[1] == 1 and bins[3] == 255 and bins[4] == 255
     assert 1 < bins[2] < 255
+
+
+def test_a_batch1_contentvec_is_rewritten_to_dynamic_batch(tmp_path: Path, models: tuple[Path, Path], speech: np.ndarray) -> None:
+    _, voices = models
+    fixed = build_contentvec_standin(tmp_path / "vec_fixed_standin.onnx", dynamic_batch=False)
+    converter = load_rvc_converter(rvc_dir=voices, contentvec_path=fixed)
+    assert not isinstance(converter.contentvec.inputs[0].shape[0], int)
+    assert converter.contentvec.path.name.endswith(".batch-dynamic.onnx")
+    looped = load_rvc_converter(rvc_dir=voices, contentvec_path=fixed, dynamic_batch=False)
+    assert isinstance(looped.contentvec.inputs[0].shape[0], int)
+    items = [VoiceChunk(speech[i * CHUNK : (i + 1) * CHUNK], parse_voice("rvc:alice_standin")) for i in range(3)]
+    a = converter._features(np.stack([np.resize(it.samples[::3], 6400) for it in items]))  # noqa: SLF001
+    b = looped._features(np.stack([np.resize(it.samples[::3], 6400) for it in items]))  # noqa: SLF001
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
