@@ -42,7 +42,12 @@
     sessionId: null, serverStats: null, fps: 0, latencyMs: null, rttMs: null,
     errors: [], events: [], acks: [],
     nextId: 1, pending: new Map(), timers: [], refusal: null,
+    // A live session whose WebSocket dies (or goes silent: the server sends stats every
+    // second) ends its peer connection at once and reconnects, a few times, with back-off.
+    lastMessageAt: 0, reconnects: 0, reconnectTimer: null,
   };
+  const SILENCE_TIMEOUT_MS = 5000;
+  const MAX_RECONNECTS = 5;
   window.mirage = state;
 
   // ------------------------------------------------------------------ messages
@@ -375,7 +380,7 @@
       }));
       setStatus("Waiting for the server's answer…");
     };
-    ws.onmessage = (event) => onMessage(event.data);
+    ws.onmessage = (event) => { state.lastMessageAt = performance.now(); onMessage(event.data); };
     ws.onerror = () => { /* the close event follows with the code */ };
     ws.onclose = (event) => onSocketClosed(ws, event);
     state.timers.push(setTimeout(() => {
@@ -395,8 +400,35 @@
       fail(describeRefusal(CLOSE_CODES[event.code], event.reason));
     } else if (state.phase === "connecting") {
       fail(`Connection failed: the server closed the connection (code ${event.code}${event.reason ? ": " + event.reason : ""}).`);
+    } else if (event.code !== 1000 && state.reconnects < MAX_RECONNECTS) {
+      reconnectSoon(`the connection to the server was lost${event.reason ? " (" + event.reason + ")" : ""}`);
     } else {
       fail(`The session ended: the server closed the connection${event.reason ? " (" + event.reason + ")" : ""}.`);
+    }
+  }
+
+  function reconnectSoon(why) {
+    // End the peer connection now: never sit on a frozen picture from a server that is gone.
+    teardown();
+    state.reconnects += 1;
+    const delay = Math.min(8000, 1000 * 2 ** (state.reconnects - 1));
+    setPhase("connecting");
+    setStatus(`Reconnecting in ${Math.round(delay / 1000)} s: ${why}…`);
+    logEvent(`reconnecting (${why})`);
+    state.reconnectTimer = setTimeout(() => { state.reconnectTimer = null; start(); }, delay);
+  }
+
+  function watchSilence() {
+    if (state.phase !== "live" || !state.ws) return;
+    if (performance.now() - state.lastMessageAt > SILENCE_TIMEOUT_MS) {
+      const ws = state.ws;
+      state.ws = null;
+      try { ws.close(4000, "no word from the server"); } catch (err) { /* already closed */ }
+      if (state.reconnects < MAX_RECONNECTS) {
+        reconnectSoon("no word from the server for 5 s");
+      } else {
+        fail("The session ended: no word from the server for 5 s.");
+      }
     }
   }
 
@@ -469,7 +501,10 @@
     frameWindowStart = performance.now();
     setPhase("live");
     setStatus("Live.");
+    state.reconnects = 0;
+    state.lastMessageAt = performance.now();
     state.timers.push(setInterval(pollStats, 1000));
+    state.timers.push(setInterval(watchSilence, 1000));
   }
 
   function sendControl(message, label) {
@@ -594,6 +629,8 @@
   }
 
   function stop() {
+    if (state.reconnectTimer) { clearTimeout(state.reconnectTimer); state.reconnectTimer = null; }
+    state.reconnects = 0;
     teardown();
     setPhase("idle");
     setStatus("Stopped. Press Start to go live again.");
