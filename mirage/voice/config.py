@@ -149,6 +149,29 @@ def parse_voice(voice: str | None, pitch: float | None = None, formant: float | 
     return VoiceSelection(kind="dsp", params=params, name=lowered)
 
 
+def selection_from_options(options: Mapping[str, object], current: VoiceSelection | None = None) -> VoiceSelection | None:
+    """The voice a ``set_options`` message asks for (``voice``, ``pitch_semitones``, ``formant``), or ``None``
+    when it names none of them. Values it leaves out keep the current voice's; wrong types are one sentence."""
+    keys = ("voice", "pitch_semitones", "formant")
+    if not any(k in options for k in keys):
+        return None
+    voice = options.get("voice")
+    pitch = options.get("pitch_semitones")
+    formant = options.get("formant")
+    if voice is not None and not isinstance(voice, str):
+        raise VoiceError("voice must be a string: off, a preset, custom or rvc:NAME.")
+    for name, value in (("pitch_semitones", pitch), ("formant", formant)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise VoiceError(f"{name} must be a number.")
+    if voice is None and current is not None and current.kind != "off":
+        # Only values changed: keep the current voice (a preset keeps its name, rvc keeps its model).
+        voice = f"rvc:{current.rvc_model}" if current.kind == "rvc" else current.name
+        if current.kind == "dsp":
+            pitch = current.params.pitch_semitones if pitch is None else pitch
+            formant = current.params.formant if formant is None else formant
+    return parse_voice(voice, None if pitch is None else float(pitch), None if formant is None else float(formant))
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 

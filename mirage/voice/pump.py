@@ -65,6 +65,16 @@ class VoicePump:
         """Smoothed delay from ``push`` to the frame being ready, plus the converter's algorithmic latency."""
         return (self._delay_ema_ms or 0.0) + self.stream.latency_ms
 
+    def stats(self) -> dict[str, float]:
+        """Counters for the session's stats and ``/metrics`` (no audio, no identity)."""
+        return {
+            **self.stream.counters.as_dict(),
+            "timeouts": self.timeouts,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "delay_ms": round(self.delay_ms, 2),
+        }
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="mirage-voice-pump")

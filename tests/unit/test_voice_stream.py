@@ -169,3 +169,22 @@ def test_webrtc_frame_helpers_round_trip_through_av() -> None:
         assert frame.samples == CHUNK
         back = frame_to_mono(frame.to_ndarray(), channels)
         np.testing.assert_allclose(back, x, atol=1.0 / 32767)
+
+
+def test_selection_from_set_options_messages() -> None:
+    from mirage.voice.config import selection_from_options
+
+    assert selection_from_options({"max_faces": 2}) is None
+    deep = selection_from_options({"voice": "deep"})
+    assert deep is not None and deep.params == PRESETS["deep"]
+    lower = selection_from_options({"pitch_semitones": -7}, current=deep)
+    assert lower is not None and lower.name == "deep" and lower.params.pitch_semitones == -7
+    assert lower.params.formant == PRESETS["deep"].formant
+    custom = selection_from_options({"formant": 1.2})
+    assert custom is not None and custom.name == "custom" and custom.params.formant == 1.2
+    rvc = selection_from_options({"pitch_semitones": 3}, current=parse_voice("rvc:alice"))
+    assert rvc is not None and rvc.rvc_model == "alice" and rvc.params.pitch_semitones == 3
+    assert selection_from_options({"voice": "off"}) is OFF
+    for bad in ({"voice": 3}, {"pitch_semitones": "high"}, {"formant": True}, {"voice": "deep", "pitch_semitones": 40}):
+        with pytest.raises(VoiceError):
+            selection_from_options(bad)
