@@ -169,7 +169,11 @@ def selection_from_options(options: Mapping[str, object], current: VoiceSelectio
         if current.kind == "dsp":
             pitch = current.params.pitch_semitones if pitch is None else pitch
             formant = current.params.formant if formant is None else formant
-    return parse_voice(voice, None if pitch is None else float(pitch), None if formant is None else float(formant))
+    return parse_voice(voice, _number(pitch), _number(formant))
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 _TRUE = {"1", "true", "yes", "on"}
