@@ -59,7 +59,8 @@ class OfferMessage(_Strict):
     type: Literal["offer"]
     sdp: Annotated[str, Field(min_length=1, max_length=MAX_SDP_CHARS)]
     sdp_type: Literal["offer"] = "offer"
-    reference_b64: Annotated[str, Field(min_length=1)]
+    #: Base64 photo; absent when the message is binary (``MRG1`` framing, the photo as raw bytes).
+    reference_b64: Annotated[str, Field(min_length=1)] | None = None
     api_key: str | None = Field(default=None, repr=False)
     options: SessionOptions = SessionOptions()
 
@@ -67,7 +68,7 @@ class OfferMessage(_Strict):
 class SetReference(_Strict):
     type: Literal["set_reference"]
     id: int | None = None
-    reference_b64: Annotated[str, Field(min_length=1)]
+    reference_b64: Annotated[str, Field(min_length=1)] | None = None
 
 
 class SetOptions(_Strict):
@@ -163,6 +164,56 @@ def parse_offer(text: str | bytes) -> OfferMessage:
     except ValidationError as exc:
         code = "bad_offer" if any(e.get("loc", ("",))[0] in ("sdp", "sdp_type") for e in exc.errors()) else "bad_request"
         raise ControlError(code, _explain(exc)) from None
+
+
+#: A binary WebSocket message: this magic, a 4-byte big-endian length, that many bytes of JSON
+#: (the offer or a ``set_reference`` without ``reference_b64``), then the photo's raw bytes. No
+#: base64 overhead, so any photo up to the limit (and a little over it, to be refused with a
+#: message) fits in the server's 16 MiB WebSocket frame.
+BINARY_MAGIC = b"MRG1"
+MAX_BINARY_HEADER = 256 * 1024
+
+
+def split_binary(message: str | bytes) -> tuple[str | bytes, bytes | None]:
+    """(JSON part, photo bytes) of a session message; the photo is None for a plain JSON message."""
+    if not isinstance(message, bytes) or message[:4] != BINARY_MAGIC:
+        return message, None
+    if len(message) < 8:
+        raise ControlError("bad_request", "The binary message is truncated.")
+    size = int.from_bytes(message[4:8], "big")
+    if size > MAX_BINARY_HEADER or 8 + size > len(message):
+        raise ControlError("bad_request", "The binary message's JSON header length is not valid.")
+    return message[8 : 8 + size], message[8 + size :]
+
+
+def pack_binary(header: dict[str, Any], photo: bytes) -> bytes:
+    """The binary form of an offer or ``set_reference`` (for clients)."""
+    head = json.dumps(header).encode("utf-8")
+    return BINARY_MAGIC + len(head).to_bytes(4, "big") + head + photo
+
+
+def reference_photo(reference_b64: str | None, photo: bytes | None, max_bytes: int, request_id: int | None = None) -> bytes:
+    """The photo of an offer or ``set_reference``, from its base64 field or the binary message."""
+    try:
+        if photo is not None:
+            if reference_b64 is not None:
+                raise ControlError("bad_request", "Send the reference photo either as reference_b64 or as binary data, not both.")
+            return check_reference_size(photo, max_bytes)
+        if reference_b64 is None:
+            raise ControlError("bad_request", "A reference photo is needed (reference_b64, or a binary message).")
+        return decode_reference(reference_b64, max_bytes)
+    except ControlError as exc:
+        raise ControlError(exc.code, exc.message, request_id) from None
+
+
+def check_reference_size(data: bytes, max_bytes: int) -> bytes:
+    if not data:
+        raise ControlError("bad_reference", "The reference photo is empty.")
+    if len(data) > max_bytes:
+        raise ControlError(
+            "bad_reference", f"The reference photo is larger than {max_bytes // (1024 * 1024)} MB; choose a smaller photo."
+        )
+    return data
 
 
 def decode_reference(reference_b64: str, max_bytes: int) -> bytes:

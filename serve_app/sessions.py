@@ -39,11 +39,12 @@ from serve_app.control import (
     SetReference,
     ack_message,
     answer_message,
-    decode_reference,
     error_message,
     event_message,
     parse_control,
     parse_offer,
+    reference_photo,
+    split_binary,
 )
 from serve_app.ice import fingerprint_problem, has_receivable_video, ice_policy, prefer_codec, rtc_configuration
 from serve_app.media import DelayedAudioTrack, LatestFramePump, OrderedVideoTrack, cancel_and_wait
@@ -222,7 +223,9 @@ class Session:
         self._pump = LatestFramePump(self._video_in, on_drop=on_drop)
         self._pump.start()
         self._processor = FrameProcessor(self._ctx.models, self._ctx.preparer, self._settings, self.controls)
-        self._loop = VideoLoop(self._pump, self._processor, self._video_out, self._settings.max_side, on_frame)
+        self._loop = VideoLoop(
+            self._pump, self._processor, self._video_out, self._settings.max_side, on_frame, self._settings.max_output_side
+        )
         self._media_started_at = time.monotonic()
         self.spawn(self._run_loop())
 
@@ -264,9 +267,12 @@ class Session:
     async def handle_control(self, message: str | bytes) -> dict[str, Any]:
         """Apply one control message; the reply is an ack or an error (never an exception)."""
         try:
-            msg = parse_control(message)
+            text, photo = split_binary(message)
+            msg = parse_control(text)
+            if photo is not None and not isinstance(msg, SetReference):
+                raise ControlError("bad_request", "Only set_reference can carry binary data.", msg.id)
             async with self._control_lock:
-                return await self._apply(msg)
+                return await self._apply(msg, photo)
         except ControlError as exc:
             self.counters.control_errors += 1
             return error_message(exc.code, exc.message, exc.request_id)
@@ -284,14 +290,11 @@ class Session:
             raise ControlError(reply.code or "bad_reference", reply.message or "The reference photo was refused.", request_id)
         return reply.identity, reply.note
 
-    async def _apply(self, msg: SetReference | SetOptions | Ping) -> dict[str, Any]:
+    async def _apply(self, msg: SetReference | SetOptions | Ping, binary_photo: bytes | None = None) -> dict[str, Any]:
         if isinstance(msg, Ping):
             return ack_message(msg.id)
         if isinstance(msg, SetReference):
-            try:
-                photo = decode_reference(msg.reference_b64, self._settings.max_reference_bytes)
-            except ControlError as exc:
-                raise ControlError(exc.code, exc.message, msg.id) from None
+            photo = reference_photo(msg.reference_b64, binary_photo, self._settings.max_reference_bytes, msg.id)
             identity, note = await self.identity_for(photo, self.controls.swapper, msg.id)
             self._forget(self.controls.set_identity(identity))
             self._reference = photo
@@ -544,7 +547,8 @@ async def _read_offer(ws: Any, ctx: SessionContext, header_key: str | None) -> t
         raise ControlError("bad_request", f"No offer arrived within {timeout:g} s.") from None
     if first.get("type") == "websocket.disconnect":
         return None
-    offer = parse_offer(first.get("text") if first.get("text") is not None else (first.get("bytes") or b""))
+    text, binary_photo = split_binary(first.get("text") if first.get("text") is not None else (first.get("bytes") or b""))
+    offer = parse_offer(text)
     refusal = rejection_message(settings.auth, header_key or offer.api_key)
     if refusal is not None:
         ctx.sink.refused("unauthorized")
@@ -554,7 +558,7 @@ async def _read_offer(ws: Any, ctx: SessionContext, header_key: str | None) -> t
     problem = fingerprint_problem(offer.sdp)
     if problem is not None:
         raise ControlError("bad_offer", problem)
-    photo = decode_reference(offer.reference_b64, settings.session.max_reference_bytes)
+    photo = reference_photo(offer.reference_b64, binary_photo, settings.session.max_reference_bytes)
     max_faces = offer.options.max_faces or settings.session.max_faces
     if max_faces > settings.session.max_faces_limit:
         raise ControlError("bad_request", f"max_faces is limited to {settings.session.max_faces_limit}.")

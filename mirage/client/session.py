@@ -48,6 +48,17 @@ from mirage.video import video_frame_to_bgr
 
 logger = logging.getLogger(__name__)
 
+#: Photos larger than this travel as a binary message (serve_app.control.BINARY_MAGIC framing:
+#: magic, 4-byte JSON length, JSON, raw photo): base64 would push them past the server's 16 MiB frame.
+BINARY_REFERENCE_BYTES = 4 * 1024 * 1024
+BINARY_MAGIC = b"MRG1"
+
+
+def pack_binary(header: dict[str, Any], photo: bytes) -> bytes:
+    head = json.dumps(header).encode("utf-8")
+    return BINARY_MAGIC + len(head).to_bytes(4, "big") + head + photo
+
+
 #: WebSocket close codes the server uses (see the session protocol) → error codes.
 CLOSE_CODES = {4401: "unauthorized", 4400: "bad_request", 1013: "server_full"}
 #: HTTP statuses a refused WebSocket handshake may carry → error codes.
@@ -274,6 +285,7 @@ class MirageSession:
 
         url = _ws_url(self.config.url)  # validates the scheme before anything is fetched
         self.server_config = await self._fetch_config()
+        self._check_reference_size(self.config.reference)
         pc = self._pc = RTCPeerConnection(self._rtc_configuration())
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_connection_state)
@@ -311,14 +323,16 @@ class MirageSession:
 
         # aiortc gathers every candidate inside setLocalDescription: the offer is complete (non-trickle).
         await pc.setLocalDescription(await pc.createOffer())
-        offer = {
+        offer: dict[str, Any] = {
             "type": "offer",
             "sdp": pc.localDescription.sdp,
             "sdp_type": pc.localDescription.type,
-            "reference_b64": base64.b64encode(self.config.reference).decode("ascii"),
             "api_key": self.config.api_key,
             "options": self.config.options.as_dict(),
         }
+        binary = len(self.config.reference) > BINARY_REFERENCE_BYTES
+        if not binary:
+            offer["reference_b64"] = base64.b64encode(self.config.reference).decode("ascii")
         headers = {"X-API-Key": self.config.api_key} if self.config.api_key else None
         try:
             self._ws = await ws_connect(url, additional_headers=headers, max_size=2**22, open_timeout=20)
@@ -331,7 +345,7 @@ class MirageSession:
             raise SessionFailed(f"Could not open the session WebSocket at {url}: {exc}") from None
 
         try:
-            await self._ws.send(json.dumps(offer))
+            await self._ws.send(pack_binary(offer, self.config.reference) if binary else json.dumps(offer))
         except websockets.exceptions.ConnectionClosed:
             pass  # refused at once (e.g. server full): the reason is in the buffered reply or the close code
         reply = await self._first_reply()
@@ -582,15 +596,24 @@ class MirageSession:
                 raise SessionFailed(f"Only {self.stats.frames} of {count} frames arrived within {timeout:.0f} s.")
             await asyncio.sleep(0.02)
 
-    async def control(self, message: dict[str, Any], *, via: str = "datachannel", timeout: float = 10.0) -> dict[str, Any]:
-        """Send a control message (an ``id`` is added) and return the server's ack or error reply."""
+    async def control(self, message: dict[str, Any], *, via: str = "datachannel", timeout: float = 10.0,
+                      photo: bytes | None = None) -> dict[str, Any]:
+        """Send a control message (an ``id`` is added) and return the server's ack or error reply.
+
+        With ``photo``, the message goes over the WebSocket as one binary message (no base64).
+        """
         message_id = self._next_id
         self._next_id += 1
         payload = dict(message, id=message_id)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[message_id] = future
         try:
-            await self.send_raw(json.dumps(payload), via=via)
+            if photo is not None:
+                if self._ws is None:
+                    raise SessionFailed("The session is not connected.")
+                await self._ws.send(pack_binary(payload, photo))
+            else:
+                await self.send_raw(json.dumps(payload), via=via)
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise SessionFailed(f"No reply to the {message.get('type')!r} message within {timeout:.0f} s.") from None
@@ -609,7 +632,22 @@ class MirageSession:
         await asyncio.wait_for(self._channel_open.wait(), 10)
         self._channel.send(text)
 
+    def _check_reference_size(self, reference: bytes) -> None:
+        """Refuse a photo over the server's limit here, with its sentence: a message larger than the
+        server's WebSocket frame limit (16 MiB) would be cut off by the proxy with no message at all."""
+        limit = self.server_config.get("max_reference_bytes")
+        if isinstance(limit, int) and not isinstance(limit, bool) and len(reference) > limit:
+            raise SessionRefused(
+                "bad_reference",
+                f"The reference photo is {len(reference) / 2**20:.1f} MB; the server accepts up to "
+                f"{limit // 2**20} MB: choose a smaller photo.",
+            )
+
     async def set_reference(self, reference: bytes, **kw: Any) -> dict[str, Any]:
+        self._check_reference_size(reference)
+        if len(reference) > BINARY_REFERENCE_BYTES:
+            kw.pop("via", None)
+            return await self.control({"type": "set_reference"}, photo=reference, **kw)
         return await self.control({"type": "set_reference", "reference_b64": base64.b64encode(reference).decode("ascii")}, **kw)
 
     async def set_options(self, **options: Any) -> dict[str, Any]:

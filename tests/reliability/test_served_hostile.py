@@ -296,6 +296,79 @@ def test_churn_with_killed_clients(served: ServedApp) -> None:
     baseline.check(served)
 
 
+# --- large references: a clear answer for any size up to the limit and beyond -----------------
+
+
+def _large_png(target_bytes: int) -> bytes:
+    """A PNG of about ``target_bytes`` (the reference face plus incompressible noise), 4096 px wide."""
+    import cv2
+    import numpy as np
+
+    from tests.faces import astronaut_bgr
+
+    rng = np.random.default_rng(5)
+    rows = max(64, target_bytes // (4096 * 3))
+    img = np.full((rows + 1024, 4096, 3), 200, np.uint8)
+    img[:1024, 1536:2560] = cv2.resize(astronaut_bgr(), (1024, 1024))
+    img[1024:] = rng.integers(0, 256, (rows, 4096, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    assert ok
+    return buf.tobytes()
+
+
+def test_large_references_get_a_clear_answer(served: ServedApp) -> None:
+    from mirage.client.session import SessionRefused, pack_binary
+
+    baseline = Baseline.take(served)
+    logs = LogWindow()
+    big = b"\xff\xd8\xff" + bytes(12 * 1024 * 1024)  # 12 MB: over the 10 MB limit
+    near_limit = _large_png(9 * 1024 * 1024)
+    assert 8 * 2**20 < len(near_limit) < 10 * 2**20, len(near_limit)
+
+    async def run() -> dict[str, Any]:
+        offer = {k: v for k, v in offer_message(await make_offer(), api_key=served.api_key).items()
+                 if k != "reference_b64"}
+        raw_big = await raw_exchange(served.ws_url, pack_binary(offer, big))  # type: ignore[arg-type]
+        raw_near = await raw_exchange(served.ws_url, pack_binary(offer, near_limit), timeout=60)  # type: ignore[arg-type]
+        refused = None
+        try:
+            await open_session(client_config(served.url, served.api_key, reference=big))
+        except SessionRefused as exc:
+            refused = exc
+        session = await open_session(client_config(served.url, served.api_key, fps=10.0, keep_frames=0))
+        try:
+            await session.wait_frames(3, timeout=40)
+            try:
+                await session.set_reference(big)
+                live_big: Any = None
+            except SessionRefused as exc:
+                live_big = exc
+            live_near = await session.set_reference(near_limit, timeout=60)
+            # The server's own check, for a client that skips the size check: a binary set_reference.
+            raw_live = await session.control({"type": "set_reference"}, photo=big)
+            return {"raw_big": raw_big, "raw_near": raw_near, "refused": refused, "live_big": live_big,
+                    "live_near": live_near, "raw_live": raw_live, "state": session.connection_state}
+        finally:
+            await session.close()
+
+    out = asyncio.run(run())
+    for key in ("raw_big",):
+        ex = out[key]
+        assert ex.error is not None and ex.error["code"] == "bad_reference", ex.messages
+        assert "larger than 10 MB" in ex.error["message"] and ex.close_code == 4400
+    near = out["raw_near"]
+    assert near.messages and (near.messages[0]["type"] == "answer" or near.error["code"] == "no_face"), near.messages
+    assert out["refused"] is not None and out["refused"].code == "bad_reference" and "10 MB" in out["refused"].message
+    assert out["live_big"] is not None and out["live_big"].code == "bad_reference"
+    assert out["live_near"]["type"] == "ack" or out["live_near"]["code"] == "no_face", out["live_near"]
+    assert out["raw_live"]["type"] == "error" and out["raw_live"]["code"] == "bad_reference"
+    assert "larger than 10 MB" in out["raw_live"]["message"]
+    assert out["state"] == "connected"
+    served.wait_sessions(0, timeout=30)
+    _assert_clean(logs)
+    baseline.check(served)
+
+
 # --- a killed model replica (last: the replica restarts) -------------------------------------
 
 
@@ -331,3 +404,4 @@ def test_a_killed_detector_replica_never_ends_a_session(served: ServedApp) -> No
     trouble = [line for line in logs.trouble() if "FaceDetector" not in line and "ActorDiedError" not in line
                and "RayActorError" not in line]
     assert not trouble, "\n".join(trouble[:20])
+

@@ -51,7 +51,6 @@ def test_valid_control_messages_parse_to_their_types() -> None:
         ('{"type": "set_options", "id": 1, "fallback": "reveal"}', "fallback"),
         ('{"type": "set_options", "id": 1, "swapper": "deepfake9000"}', "swapper"),
         ('{"type": "set_options", "id": 1, "colour": "red"}', "colour"),
-        ('{"type": "set_reference", "id": 1}', "reference_b64"),
         (b"\xff\xfe\x00garbage", "UTF-8"),
     ],
 )
@@ -91,7 +90,6 @@ def test_offer_defaults_and_hidden_key() -> None:
         ({"type": "offer", "reference_b64": "eA=="}, "bad_offer"),
         ({"type": "offer", "sdp": "", "reference_b64": "eA=="}, "bad_offer"),
         ({"type": "offer", "sdp": "v=0", "sdp_type": "answer", "reference_b64": "eA=="}, "bad_offer"),
-        ({"type": "offer", "sdp": "v=0"}, "bad_request"),
         ({"type": "ping"}, "bad_request"),
         ({"type": "offer", "sdp": "v=0", "reference_b64": "eA==", "options": {"max_faces": 50}}, "bad_request"),
     ],
@@ -233,3 +231,35 @@ def test_mime_base64_with_line_breaks_is_accepted() -> None:
     assert decode_reference(mime, 1 << 20) == data
     assert decode_reference(mime.replace("\n", "\r\n"), 1 << 20) == data
     assert decode_reference("data:image/png;base64," + mime, 1 << 20) == data
+
+
+
+def test_reference_photo_from_base64_or_a_binary_message() -> None:
+    import base64 as _b64
+
+    from serve_app.control import ControlError, pack_binary, reference_photo, split_binary
+
+    photo = b"\x89PNG" + bytes(range(200))
+    message = pack_binary({"type": "offer", "sdp": "v=0"}, photo)
+    header, body = split_binary(message)
+    assert json.loads(header) == {"type": "offer", "sdp": "v=0"} and body == photo
+    assert split_binary('{"type": "ping"}') == ('{"type": "ping"}', None)
+    assert reference_photo(None, body, 1 << 20) == photo
+    assert reference_photo(_b64.b64encode(photo).decode(), None, 1 << 20) == photo
+    for b64, raw, code in ((None, None, "bad_request"), ("eA==", photo, "bad_request"), (None, b"", "bad_reference"),
+                           (None, b"x" * (12 << 20), "bad_reference")):
+        with pytest.raises(ControlError) as err:
+            reference_photo(b64, raw, 10 << 20, request_id=4)
+        assert err.value.code == code and err.value.request_id == 4
+    for broken in (b"MRG1", b"MRG1\x00\x00\x00\x09{}", b"MRG1\xff\xff\xff\xff{}"):
+        with pytest.raises(ControlError):
+            split_binary(broken)
+
+
+def test_the_client_frames_binary_messages_as_the_server_reads_them() -> None:
+    from mirage.client import session as client
+    from serve_app import control
+
+    assert client.BINARY_MAGIC == control.BINARY_MAGIC
+    header, photo = control.split_binary(client.pack_binary({"type": "set_reference", "id": 2}, b"abc"))
+    assert json.loads(header) == {"type": "set_reference", "id": 2} and photo == b"abc"
