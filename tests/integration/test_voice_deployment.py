@@ -168,7 +168,7 @@ def test_a_killed_replica_never_lets_the_real_voice_through(voice_handle: Any) -
     speech = np.concatenate([speak(SENTENCES[0], 48000), speak(SENTENCES[1], 48000)])
     x = np.tile(speech, 8)  # up to about 70 s: Serve notices the dead replica at its next health check (10 s)
     frames = x.size // CHUNK
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "VoiceConverter" in a["name"]]
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"{APP}#VoiceConverter" in a["name"]]
     assert names, "no VoiceConverter replica actor found"
 
     async def run() -> tuple[np.ndarray, VoicePump, int]:
