@@ -5,6 +5,7 @@
 - :mod:`mirage.voice.convert`: the batch interface a VoiceConverter replica runs (chunks of many sessions)
 - :mod:`mirage.voice.stream`: one session's side in the ingress (state, order, privacy-first fallback)
 - :mod:`mirage.voice.pump`: that session's voice path as an asyncio task (one call in flight, deadline, in order)
+- :mod:`mirage.voice.track`: the outgoing aiortc audio track built on the pump (drop-in for the pass-through track)
 - :mod:`mirage.voice.rvc`: ContentVec + SwiftF0 + an RVC v2 generator, as ONNX
 - :mod:`mirage.voice.audio`: WAV in/out (validated, atomic), PCM helpers
 

@@ -97,20 +97,26 @@ class VoicePump:
             raise EOFError("the voice pump is closed")
         return item
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 1.0) -> None:
+        """No more input: frames already pushed are still converted (for up to ``drain_s``), then the end."""
         self._closed = True
         self._arrived.set()
         if self._task is not None:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=drain_s)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
         self._out.put_nowait(None)
 
     async def _run(self) -> None:
-        while not self._closed:
+        while True:
             if not self._in:
+                if self._closed:
+                    return
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
