@@ -18,7 +18,8 @@ import cv2
 
 from mirage.detect.blazeface import BlazeFaceConfig, BlazeFaceDetector, largest_faces
 from mirage.errors import ModelUnavailableError, NoFaceError
-from mirage.geometry.paste import paste_back
+from mirage.geometry.align import with_mesh
+from mirage.geometry.paste import BlendConfig, paste_back_many
 from mirage.landmarks.facemesh import FaceMeshLandmarker, roi_from_detection
 from mirage.landmarks.topology import five_point_from_mesh
 from mirage.swap.mesh import MeshSwapConfig, MeshSwapper
@@ -28,7 +29,6 @@ from mirage.types import (
     FaceLandmarks,
     Identity,
     Image,
-    LatentIdentity,
     MeshIdentity,
     SwapOptions,
     SwappedFace,
@@ -54,6 +54,7 @@ class PipelineConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     swap_options: SwapOptions = field(default_factory=SwapOptions)
     mesh: MeshSwapConfig = field(default_factory=MeshSwapConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     num_threads: int = 1
 
 
@@ -144,9 +145,7 @@ class FacePipeline:
             with _timed(timings, "swap"):
                 crops, swapped = self._swap(frame, faces, identity)
             with _timed(timings, "paste"):
-                erode_blur = isinstance(identity, LatentIdentity)
-                for crop, face in zip(crops, swapped, strict=True):
-                    out = paste_back(out, crop, face, erode_blur=erode_blur)
+                out = paste_back_many(out, list(zip(crops, swapped, strict=True)), self.config.swap_options, self.config.blend)
         return FrameResult(frame=out, faces=faces, timings_ms=timings)
 
     def _swap(
@@ -159,7 +158,7 @@ class FacePipeline:
         if self.neural is None:
             raise ModelUnavailableError("InSwapper identity given but no InSwapper model is loaded.")
         swapper = self.neural.swapper
-        crops = [swapper.prepare(frame, five_point_from_mesh(face.xy)) for face in faces]
+        crops = [with_mesh(swapper.prepare(frame, five_point_from_mesh(face.xy)), face) for face in faces]
         return crops, swapper.swap(crops, [identity] * len(crops))
 
     def reset(self) -> None:

@@ -67,23 +67,27 @@ class FaceCrop:
     """A face cut out of a frame for a swapper.
 
     ``image`` is the crop (BGR uint8); ``matrix`` maps frame → crop coordinates
-    (paste-back inverts it); ``landmarks`` are in crop coordinates (468 points
-    for the mesh swapper, may be None for InSwapper); ``frame_box`` is the face
-    box in the frame, which bounds the paste-back.
+    (paste-back inverts it); ``landmarks`` are the live 468-point mesh in crop
+    coordinates (paste-back draws the blend mask from them; None only where no
+    mesh exists, e.g. SCRFD-only crops); ``depth`` is FaceMesh's z per point in
+    crop pixels (smaller is nearer); ``frame_box`` is the face box in the frame,
+    which bounds the paste-back.
     """
 
     image: Image
     matrix: Affine
     frame_box: npt.NDArray[np.float32]
     landmarks: Points | None = None
+    depth: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)
 class SwappedFace:
     """A swapper's output for one crop: the new crop and its blend mask.
 
-    ``mask`` is float32 in [0, 1], shape of the crop (H, W): where the swapped
-    pixels replace the frame. Paste-back warps both back with the crop's matrix.
+    ``mask`` is float32 in [0, 1], shape of the crop (H, W): where the swapper's
+    pixels are valid. Paste-back cuts the blend mask (face oval, feather, live
+    mouth) to it, relights the face and warps both back with the crop's matrix.
     """
 
     image: Image
@@ -92,10 +96,17 @@ class SwappedFace:
 
 @dataclass(frozen=True)
 class MeshIdentity:
-    """Reference identity for the mesh swapper: texture and its 468-point mesh."""
+    """Reference identity for the mesh swapper: texture, its 468-point mesh and depth (z per point).
+
+    ``valid`` (uint8, texture-sized, 255 = usable) marks the texture's own face
+    pixels: background, hair or an ear that FaceMesh's outline takes in at the
+    edge of the reference face are 0, so they are never pasted.
+    """
 
     texture: Image
     landmarks: Points
+    depth: npt.NDArray[np.float32] | None = None
+    valid: npt.NDArray[np.uint8] | None = None
     kind: Literal["mesh"] = "mesh"
 
     def __repr__(self) -> str:  # identity data never goes to logs
@@ -120,8 +131,9 @@ Identity = Union[MeshIdentity, LatentIdentity]
 class SwapOptions:
     """Per-session swap options.
 
-    ``mouth_mask`` keeps the live mouth; ``coverage`` scales how much of the
-    face region (1.0 = the whole mesh hull) is replaced.
+    ``mouth_mask`` keeps the live lips as well as the open mouth's interior (which
+    always comes from the live frame); ``coverage`` scales how much of the face
+    region (1.0 = the whole face oval) is replaced.
     """
 
     mouth_mask: bool = False

@@ -1,8 +1,11 @@
 """Per-frame orchestration of one session (DESIGN.md §1).
 
-For each frame the pump hands over: convert and downscale (≤ ``max_side``),
-ask the tracker whether to detect, detect (when planned) → landmarks → keep
-the largest N faces → crop → swap → paste back → badge. Model work goes
+For each frame the pump hands over: convert (≤ ``max_output_side``, the
+camera's own resolution below it) and make a downscaled copy for analysis
+(≤ ``max_side``), ask the tracker whether to detect, detect (when planned) →
+landmarks → keep the largest N faces → scale them to the output picture →
+crop at the face's own resolution → swap → paste back → badge. The person gets
+their frames back at the resolution they sent. Model work goes
 through a :class:`ModelClient` — Serve deployment handles in production, or
 in-process models (tests, benchmarks) — and every call has a deadline: a call
 that fails or is late sends the frame out under the session's fallback policy
@@ -24,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 from av import VideoFrame
@@ -31,7 +35,7 @@ from av import VideoFrame
 from deployments.swapper import SwapperCore
 from deployments.types import UNKNOWN_IDENTITY, IdentityReply, SwapItem, SwapResult
 from mirage.detect.blazeface import BlazeFaceConfig, BlazeFaceDetector, DetectorInput
-from mirage.geometry.align import align_face
+from mirage.geometry.align import align_face, with_mesh
 from mirage.geometry.paste import paste_back_many
 from mirage.landmarks.facemesh import FaceMeshLandmarker, FaceRoi, MeshInput
 from mirage.landmarks.topology import five_point_from_mesh
@@ -44,7 +48,6 @@ from mirage.types import (
     FaceLandmarks,
     Identity,
     Image,
-    LatentIdentity,
     SwapOptions,
     SwappedFace,
     SwapperName,
@@ -197,20 +200,29 @@ class FramePreparer:
         return ModelInputs(mesh=self.mesh_inputs(image, rois))
 
     def crops(self, image: Image, faces: Sequence[FaceLandmarks], swapper: SwapperName) -> list[FaceCrop]:
+        """Face crops for the swapper, each carrying the live mesh (paste-back draws its mask from it)."""
         if swapper == "inswapper":
-            return [align_face(image, five_point_from_mesh(face.xy), INSWAPPER_CROP) for face in faces]
+            return [with_mesh(align_face(image, five_point_from_mesh(face.xy), INSWAPPER_CROP), face) for face in faces]
         return [self._mesh.prepare(image, face) for face in faces]
 
 
 @dataclass
 class Analysis:
-    """The tracking stage's result for one frame."""
+    """The tracking stage's result for one frame, in the coordinates of the picture it goes out in."""
 
     faces: list[FaceLandmarks]
     #: Regions to hide if this frame has to fall back (tracked faces, else tracked ROIs).
     hide_boxes: list[npt.NDArray[np.float32]]
     failure: str | None
     stages_ms: dict[str, float]
+
+    def scaled(self, factor: float) -> Analysis:
+        """The same analysis for a picture ``factor`` times the size of the analysed one."""
+        if factor == 1.0:
+            return self
+        faces = [FaceLandmarks(points=(f.points * np.float32(factor)).astype(np.float32), confidence=f.confidence) for f in self.faces]
+        boxes = [(np.asarray(b, np.float32) * np.float32(factor)).astype(np.float32) for b in self.hide_boxes]
+        return Analysis(faces=faces, hide_boxes=boxes, failure=self.failure, stages_ms=self.stages_ms)
 
 
 @dataclass
@@ -243,6 +255,11 @@ def _extent(face: FaceLandmarks) -> float:
     return float(max(box[2] - box[0], box[3] - box[1]))
 
 
+def _even_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = max_side / float(max(width, height))
+    return max(2, int(round(width * scale)) // 2 * 2), max(2, int(round(height * scale)) // 2 * 2)
+
+
 def to_bgr(frame: VideoFrame, max_side: int) -> Image:
     """Decoded frame → BGR array, longest side at most ``max_side`` (aspect kept, even sides).
 
@@ -251,13 +268,20 @@ def to_bgr(frame: VideoFrame, max_side: int) -> Image:
     where swscale's BGR path darkens every hop (see ``mirage.video``).
     """
     width, height = frame.width, frame.height
-    longest = max(width, height)
-    if longest > max_side:
-        scale = max_side / float(longest)
-        new_w = max(2, int(round(width * scale)) // 2 * 2)
-        new_h = max(2, int(round(height * scale)) // 2 * 2)
+    if max(width, height) > max_side:
+        new_w, new_h = _even_size(width, height, max_side)
         frame = frame.reformat(width=new_w, height=new_h, format="yuv420p", interpolation="AREA")
     return np.ascontiguousarray(video_frame_to_bgr(frame))
+
+
+def analysis_copy(picture: Image, max_side: int) -> tuple[Image, float]:
+    """The picture downscaled for analysis (≤ ``max_side``) and the output/analysis scale factor."""
+    height, width = picture.shape[:2]
+    if max(width, height) <= max_side:
+        return picture, 1.0
+    new_w, new_h = _even_size(width, height, max_side)
+    small = cv2.resize(picture, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return small, width / float(new_w)
 
 
 class FrameProcessor:
@@ -303,25 +327,32 @@ class FrameProcessor:
         inputs = await asyncio.to_thread(self._prep.model_inputs, image, plan.detect, plan.rois)
         return await self._analyze(image, t, plan, inputs)
 
-    async def analyze_frame(self, frame: VideoFrame, t: float, max_side: int) -> tuple[Image, Analysis]:
-        """Convert a decoded frame (≤ ``max_side``) and analyze it.
+    async def analyze_frame(
+        self, frame: VideoFrame, t: float, max_side: int, max_output_side: int | None = None
+    ) -> tuple[Image, Analysis]:
+        """Convert a decoded frame and analyze a copy of it (≤ ``max_side``).
 
-        Conversion and the first model inputs share one worker-thread hop: the
-        tracker's plan (detect, or landmarks in the tracked regions) is known
-        before the pixels are, and every hop costs a thread hand-over under load.
+        Returns the picture that goes out (the camera's resolution, at most
+        ``max_output_side``; default ``max_side``) and the analysis in its
+        coordinates. Conversion and the first model inputs share one
+        worker-thread hop: the tracker's plan (detect, or landmarks in the
+        tracked regions) is known before the pixels are, and every hop costs a
+        thread hand-over under load.
         """
         plan = self._tracker.plan()
         start = time.perf_counter()
+        output_side = max(max_output_side or max_side, max_side)
 
-        def convert_and_prepare() -> tuple[Image, ModelInputs]:
-            image = to_bgr(frame, max_side)
-            return image, self._prep.model_inputs(image, plan.detect, plan.rois)
+        def convert_and_prepare() -> tuple[Image, Image, float, ModelInputs]:
+            picture = to_bgr(frame, output_side)
+            small, factor = analysis_copy(picture, max_side)
+            return picture, small, factor, self._prep.model_inputs(small, plan.detect, plan.rois)
 
-        image, inputs = await asyncio.to_thread(convert_and_prepare)
+        picture, small, factor, inputs = await asyncio.to_thread(convert_and_prepare)
         convert_ms = (time.perf_counter() - start) * 1000.0
-        analysis = await self._analyze(image, t, plan, inputs)
+        analysis = await self._analyze(small, t, plan, inputs)
         analysis.stages_ms["convert"] = convert_ms
-        return image, analysis
+        return picture, analysis.scaled(factor)
 
     async def _analyze(self, image: Image, t: float, plan: TrackPlan, inputs: ModelInputs) -> Analysis:
         stages: dict[str, float] = {}
@@ -384,11 +415,10 @@ class FrameProcessor:
             return await self._fallback(image, analysis, stages, build)
         stages["swap"] = (time.perf_counter() - start) * 1000.0
         start = time.perf_counter()
-        erode = isinstance(identity, LatentIdentity)
         badge = self._settings.badge
 
         def compose() -> tuple[Image, VideoFrame | None]:
-            out = paste_back_many(image, list(zip(crops, swapped, strict=True)), erode_blur=erode)  # type: ignore[arg-type]
+            out = paste_back_many(image, list(zip(crops, swapped, strict=True)), options)
             out = draw_badge(out) if badge else out
             return out, (build(out) if build is not None else None)
 
@@ -461,11 +491,13 @@ class VideoLoop:
         output: OrderedVideoTrack,
         max_side: int,
         on_frame: Callable[[FrameRecord], None],
+        max_output_side: int | None = None,
     ) -> None:
         self._pump = pump
         self._processor = processor
         self._output = output
         self._max_side = max_side
+        self._max_output_side = max_output_side
         self._on_frame = on_frame
         self.errors = 0
 
@@ -477,7 +509,9 @@ class VideoLoop:
                     break
                 frame, arrived = item
                 try:
-                    image, analysis = await self._processor.analyze_frame(frame, arrived, self._max_side)
+                    image, analysis = await self._processor.analyze_frame(
+                        frame, arrived, self._max_side, self._max_output_side
+                    )
                 except Exception:  # noqa: BLE001 - a broken frame must not end the session
                     self.errors += 1
                     logger.exception("frame preparation failed; frame skipped")

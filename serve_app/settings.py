@@ -121,6 +121,9 @@ class SessionSettings:
 
     ``max_sessions_per_replica``: the ingress's own cap (refuses beyond it at
     once); the deployment's ``max_ongoing_requests`` must stay above it.
+    ``max_side``: longest side of the copy a frame is analysed on (detector,
+    landmarks); ``max_output_side``: longest side of the frames sent back (the
+    camera's own resolution below it; the swap works at the face's resolution).
     ``deadline_ms``: a deployment call slower than this is abandoned and the
     frame goes out under the fallback policy. ``inflight``: frames processed
     concurrently per session (output stays in order). ``idle_timeout_s``: a
@@ -129,6 +132,7 @@ class SessionSettings:
 
     max_sessions_per_replica: int = 4
     max_side: int = 512
+    max_output_side: int = 1280
     max_fps: int = 30
     inflight: int = 2
     deadline_ms: float = 250.0
@@ -162,6 +166,8 @@ class SessionSettings:
             raise ValueError(f"max_faces must be within 1..{self.max_faces_limit}, got {self.max_faces}")
         if self.max_side < 64:
             raise ValueError("max_side must be at least 64")
+        if self.max_output_side < self.max_side:
+            raise ValueError(f"max_output_side ({self.max_output_side}) must be at least max_side ({self.max_side})")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ by ``size / 128`` and shifted right by ``8 * size / 128`` px, as insightface doe
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from mirage.types import Affine, FaceCrop, Image, Points
+from mirage.types import Affine, FaceCrop, FaceLandmarks, Image, Points
 
 #: ArcFace 5-point template for a 112x112 crop: image-left eye, image-right eye,
 #: nose tip, image-left mouth corner, image-right mouth corner.
@@ -128,3 +130,14 @@ def square_crop(image: Image, box: npt.ArrayLike, size: int, margin: float = 0.2
     )
     frame_box = np.array([left, top, left + side, top + side], dtype=np.float32)
     return FaceCrop(image=crop, matrix=matrix, frame_box=frame_box)
+
+
+def with_mesh(crop: FaceCrop, face: FaceLandmarks) -> FaceCrop:
+    """``crop`` carrying the live 468-point mesh (and its depth) in crop coordinates.
+
+    Paste-back draws the blend mask from it, whatever swapper made the crop.
+    """
+    matrix = np.asarray(crop.matrix, dtype=np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    depth = (face.points[:, 2] * scale).astype(np.float32)
+    return replace(crop, landmarks=transform_points(face.xy, matrix), depth=depth)

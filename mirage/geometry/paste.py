@@ -1,30 +1,45 @@
-"""Paste a swapped face crop back into its frame.
+"""Paste a swapped face crop back into its frame: one paste-back for every swapper.
 
-The crop and its mask are warped back with the inverse of the crop's matrix and
-alpha-blended into the frame — but only inside the face's region (the crop's
-``frame_box`` clipped to the frame, enlarged a little to hold the feathered edge).
-Every pixel outside that region is left bit-identical, and the warp itself runs
-only over that region, which keeps paste-back cheap on large frames.
+In the crop: the blend mask is drawn from the live mesh (``masks.blend_mask``:
+face oval cut to where the swap is valid, soft edge inside it, the live mouth
+when open), and the swapped face is relit like the live one
+(``shading.transfer_shading``). Then face and mask are warped back with the
+inverse of the crop's matrix and alpha-blended into the frame — only inside the
+face's region (the crop's ``frame_box`` clipped to the frame, enlarged a little
+to hold the feathered edge). Every pixel outside that region is left
+bit-identical, and so is every pixel where the mask is 0. A crop cut at scale 1
+on whole pixels (the mesh swapper's, below its cap) is pasted by plain slicing:
+no resampling, no blur.
 
-With ``erode_blur`` the mask is first eroded and then Gaussian-blurred by amounts
-proportional to the face's size in the crop (insightface's InSwapper recipe: erode
-by a tenth of the mask's size, blur by a twentieth), which hides the crop's square
-edge. Swappers that bring their own feathered mask (the mesh swapper) pass
-``erode_blur=False``.
+Crops without a mesh (``landmarks`` None or only keypoints) keep insightface's recipe: the
+swapper's mask eroded by a tenth of its size and blurred by a twentieth.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from mirage.types import FaceCrop, Image, SwappedFace
+from mirage.geometry.masks import MaskConfig, blend_mask, face_extent
+from mirage.geometry.shading import ShadingConfig, transfer_shading
+from mirage.types import FaceCrop, Image, SwapOptions, SwappedFace
 
+#: Points in a FaceMesh mesh (crops with fewer, e.g. 5 keypoints, have no mesh to draw a mask from).
+MESH_POINTS = 468
 #: How much the face box is enlarged (fraction of its longer side, per side) for the blend region.
 REGION_MARGIN = 0.1
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """How paste-back blends a face: mask recipe and shading transfer."""
+
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
 
 
 def paste_region(frame_shape: tuple[int, ...], crop: FaceCrop) -> tuple[int, int, int, int]:
@@ -43,7 +58,7 @@ def paste_region(frame_shape: tuple[int, ...], crop: FaceCrop) -> tuple[int, int
 
 
 def feather_mask(mask: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Erode then blur a crop mask in proportion to the masked area's size."""
+    """Erode then blur a crop mask in proportion to the masked area's size (crops without a mesh)."""
     m = np.asarray(mask, dtype=np.float32)
     rows, cols = np.nonzero(m > 0.5)
     if rows.size == 0:
@@ -58,38 +73,81 @@ def feather_mask(mask: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return cv2.GaussianBlur(eroded, (2 * blur + 1, 2 * blur + 1), 0, borderType=cv2.BORDER_CONSTANT)
 
 
-def paste_back(frame: Image, crop: FaceCrop, swapped: SwappedFace, *, erode_blur: bool = True) -> Image:
+def blended_face(
+    crop: FaceCrop, swapped: SwappedFace, options: SwapOptions, config: BlendConfig
+) -> tuple[Image, npt.NDArray[np.float32]]:
+    """The relit face and its blend mask, in the crop."""
+    if crop.landmarks is None or len(crop.landmarks) != MESH_POINTS:
+        return swapped.image, feather_mask(swapped.mask)
+    shape = (int(crop.image.shape[0]), int(crop.image.shape[1]))
+    mask = blend_mask(crop.landmarks, shape, swapped.mask, options, config.mask, live=crop.image)
+    face = transfer_shading(swapped.image, crop.image, mask, face_extent(crop.landmarks), config.shading)
+    return face, mask
+
+
+def paste_back(
+    frame: Image,
+    crop: FaceCrop,
+    swapped: SwappedFace,
+    options: SwapOptions | None = None,
+    config: BlendConfig | None = None,
+) -> Image:
     """A new frame with the swapped face blended in at the crop's place."""
-    out = frame.copy()
-    _paste_into(out, crop, swapped, erode_blur)
-    return out
+    return paste_back_many(frame, [(crop, swapped)], options, config)
 
 
 def paste_back_many(
-    frame: Image, pairs: Sequence[tuple[FaceCrop, SwappedFace]], *, erode_blur: bool = True
+    frame: Image,
+    pairs: Sequence[tuple[FaceCrop, SwappedFace]],
+    options: SwapOptions | None = None,
+    config: BlendConfig | None = None,
 ) -> Image:
     """Paste several faces into one new frame, in order (later faces on top)."""
     out = frame.copy()
+    opts = options or SwapOptions()
+    cfg = config or BlendConfig()
     for crop, swapped in pairs:
-        _paste_into(out, crop, swapped, erode_blur)
+        _paste_into(out, crop, swapped, opts, cfg)
     return out
 
 
-def _paste_into(out: Image, crop: FaceCrop, swapped: SwappedFace, erode_blur: bool) -> None:
+def _integer_offset(matrix: npt.NDArray[np.float64]) -> tuple[int, int] | None:
+    """(x0, y0) when the frame → crop matrix is a pure whole-pixel translation (crop = frame[y0:, x0:])."""
+    if np.allclose(matrix[:, :2], np.eye(2), atol=1e-6) and np.allclose(matrix[:, 2], np.round(matrix[:, 2]), atol=1e-6):
+        return int(round(-matrix[0, 2])), int(round(-matrix[1, 2]))
+    return None
+
+
+def _paste_into(out: Image, crop: FaceCrop, swapped: SwappedFace, options: SwapOptions, config: BlendConfig) -> None:
     x0, y0, x1, y1 = paste_region(out.shape, crop)
     if x0 >= x1 or y0 >= y1:
         return
     width, height = x1 - x0, y1 - y0
-    inverse = cv2.invertAffineTransform(np.asarray(crop.matrix, dtype=np.float64))
-    inverse[:, 2] -= (x0, y0)  # map straight into the region, not the whole frame
-    mask = feather_mask(swapped.mask) if erode_blur else np.asarray(swapped.mask, dtype=np.float32)
-    face = cv2.warpAffine(
-        swapped.image, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-    )
-    alpha = cv2.warpAffine(
-        mask, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-    )
-    alpha = np.clip(alpha, 0.0, 1.0)[:, :, None]
+    face_crop, mask_crop = blended_face(crop, swapped, options, config)
+    matrix = np.asarray(crop.matrix, dtype=np.float64)
+    offset = _integer_offset(matrix)
+    if offset is not None:
+        # Region coordinates inside the crop; outside the crop the mask is 0.
+        cx0, cy0 = x0 - offset[0], y0 - offset[1]
+        face = np.zeros((height, width, 3), np.uint8)
+        alpha2 = np.zeros((height, width), np.float32)
+        ch, cw = mask_crop.shape[:2]
+        sx0, sy0 = max(cx0, 0), max(cy0, 0)
+        sx1, sy1 = min(cx0 + width, cw), min(cy0 + height, ch)
+        if sx0 >= sx1 or sy0 >= sy1:
+            return
+        face[sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0] = face_crop[sy0:sy1, sx0:sx1]
+        alpha2[sy0 - cy0 : sy1 - cy0, sx0 - cx0 : sx1 - cx0] = mask_crop[sy0:sy1, sx0:sx1]
+    else:
+        inverse = cv2.invertAffineTransform(matrix)
+        inverse[:, 2] -= (x0, y0)  # map straight into the region, not the whole frame
+        face = cv2.warpAffine(
+            face_crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+        alpha2 = cv2.warpAffine(
+            mask_crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+    alpha = np.clip(alpha2, 0.0, 1.0)[:, :, None]
     region = out[y0:y1, x0:x1].astype(np.float32)
     blended = alpha * face.astype(np.float32) + (1.0 - alpha) * region
     out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)

@@ -28,6 +28,8 @@ LIPS_INNER: tuple[int, ...] = (
 RIGHT_EYE: tuple[int, ...] = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
 #: Subject's left eye (image-right): outer corner 263, upper lid, inner corner 362, lower lid.
 LEFT_EYE: tuple[int, ...] = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
+#: Upper edges of the eyebrows (subject's right, then left).
+BROWS: tuple[int, ...] = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)
 NOSE_TIP: int = 1
 #: Mouth corners: 61 on the image-left, 291 on the image-right.
 MOUTH_LEFT, MOUTH_RIGHT = 61, 291

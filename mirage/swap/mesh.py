@@ -1,46 +1,72 @@
 """The embedded ``mesh`` swapper: the reference face warped onto the live face's mesh.
 
 Per face: the reference texture is warped piecewise-affinely, triangle by
-triangle of a Delaunay triangulation of the live 468-point mesh, so the
-reference face follows the live head pose and expression; its colour is
-matched to the live face (mean/std in YCrCb, Reinhard); a feathered mask over
-the face oval (optionally minus the live mouth) says where it replaces the
-live pixels. No neural network: licence-clean and a few ms per face on a CPU.
+triangle of one fixed FaceMesh triangulation (``mirage.landmarks.tessellation``),
+so the reference face follows the live head pose and expression. No neural
+network: licence-clean and a few ms per face on a CPU.
 
-The piecewise-affine map is evaluated on a grid at half the crop's
-resolution and upsampled with bilinear interpolation, then applied with one
-``cv2.remap``: much faster than warping 900 triangles one by one.
+- **Resolution.** The crop follows the face: a face smaller than ``max_crop``
+  is cut out at scale 1 on whole pixels (crop and paste-back are then exact
+  copies, no resampling blur), a larger one is scaled down to the cap. The
+  reference texture keeps the reference face's own resolution (up to
+  ``texture_max``), so a sharp photo gives a sharp face.
+- **Only what is visible.** A triangle is used only where it faces the camera
+  both in the live pose and in the reference (3-D normal from FaceMesh's depth,
+  ``min_facing``); where triangles overlap in the image (the nose over the far
+  cheek) the nearer one wins (a depth test per map cell). Background that falls
+  inside a turned face's outline is therefore never pasted onto the cheek.
+- **The mouth.** An open reference mouth is inpainted from its lips when the
+  identity is built, so its teeth are never squeezed between closed live lips;
+  an open live mouth is cut out of the blend mask (``mirage.geometry.masks``).
+
+The swapper returns the warped texture and where it is valid; the blend mask,
+the shading transfer and paste-back are shared with every swapper
+(``mirage.geometry``). The piecewise-affine map is evaluated on a grid of
+``grid_step`` pixels and upsampled bilinearly (exact inside each triangle), then
+applied with one ``cv2.remap``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
-from scipy.spatial import Delaunay
 
 from mirage.errors import MirageError
 from mirage.geometry.align import transform_points
+from mirage.geometry.masks import fill_polygon, mouth_openness, skin_validity
+from mirage.landmarks.tessellation import TRIANGLES
 from mirage.landmarks.topology import FACE_OVAL, LIPS_INNER, LIPS_OUTER
 from mirage.types import FaceCrop, FaceLandmarks, Image, MeshIdentity, Points, SwapOptions, SwappedFace
 
 
 @dataclass(frozen=True)
 class MeshSwapConfig:
-    """``crop_size``: side of the square face crop the swap works in.
+    """``max_crop``: cap on the side of the face crop (below it, the face's own resolution).
     ``margin``: crop extent around the mesh's bounding box, as a fraction of its size.
+    ``texture_max``: cap on the side of the reference texture.
     ``grid_step``: pixel step of the piecewise-affine map before upsampling.
-    ``feather``: mask blur, as a fraction of the face's size in the crop.
+    ``min_facing``: smallest cosine between the reference surface's normal and
+    the view direction for its texture to be used (the live pose only needs a
+    triangle to face the camera at all; the depth test sorts out overlaps).
+    ``mouth_inpaint``: openness above which the reference's mouth interior is filled from its lips.
+    ``shape_transfer``: how far the inner face (eyes, brows, nose) moves from the
+    live proportions to the reference's, seen in the live pose (0: the live
+    face's shape, 1: the reference's); the outline and the lips stay live, so
+    the blend edge and the live mouth do not move.
     """
 
-    crop_size: int = 256
-    margin: float = 0.25
+    max_crop: int = 384
+    margin: float = 0.12
+    texture_max: int = 512
     grid_step: int = 3
-    feather: float = 0.08
-    colour_match: bool = True
+    min_facing: float = 0.15
+    mouth_inpaint: float = 0.01
+    shape_transfer: float = 0.7
 
 
 def square_around_points(points_xy: Points, margin: float) -> tuple[float, float, float]:
@@ -61,9 +87,108 @@ def crop_matrix(centre_x: float, centre_y: float, side: float, size: int) -> npt
     )
 
 
-def _scaled_about_centroid(polygon: Points, factor: float) -> Points:
-    centre = polygon.mean(axis=0)
-    return (centre + (polygon - centre) * factor).astype(np.float32)
+def face_crop_matrix(points_xy: Points, margin: float, max_side: int) -> tuple[npt.NDArray[np.float32], int]:
+    """Frame -> crop affine and crop side for a face: scale 1 on whole pixels, or scaled to ``max_side``."""
+    cx, cy, side = square_around_points(points_xy, margin)
+    if side <= max_side:
+        size = int(math.ceil(side))
+        x0 = math.floor(cx - size / 2.0)
+        y0 = math.floor(cy - size / 2.0)
+        return np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]], dtype=np.float32), size
+    return crop_matrix(cx, cy, side, max_side), max_side
+
+
+def triangle_facing(xy: npt.NDArray[np.float64], z: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
+    """Per triangle, how squarely the surface there faces the camera (cosine; negative: away).
+
+    Normals come from the 3-D mesh (x, y and FaceMesh's depth), signed by the
+    tessellation's front-facing winding, and are smoothed over each vertex's
+    neighbours: a single folded eyelid or lip triangle (expression, landmark
+    noise) does not count as facing away, a turned cheek does. Without depth,
+    only the 2-D winding is known (±1).
+    """
+    a, b, c = xy[TRIANGLES[:, 0]], xy[TRIANGLES[:, 1]], xy[TRIANGLES[:, 2]]
+    ab, ac = b - a, c - a
+    signed = ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0]
+    if z is None:
+        return np.sign(signed)
+    za, zb, zc = z[TRIANGLES[:, 0]], z[TRIANGLES[:, 1]], z[TRIANGLES[:, 2]]
+    ab3 = np.concatenate([ab, (zb - za)[:, None]], axis=1)
+    ac3 = np.concatenate([ac, (zc - za)[:, None]], axis=1)
+    normals = np.cross(ab3, ac3)  # z component == the signed 2-D area: + faces the camera
+    for _ in range(2):  # triangle -> vertex -> triangle, twice: a two-ring smoothing
+        vertex = np.zeros((xy.shape[0], 3))
+        for k in range(3):
+            np.add.at(vertex, TRIANGLES[:, k], normals)
+        normals = vertex[TRIANGLES].sum(axis=1)
+    norm = np.linalg.norm(normals, axis=1)
+    return np.where(norm > 1e-9, normals[:, 2] / np.maximum(norm, 1e-9), 0.0)
+
+
+def similarity_3d(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``src`` (N, 3) mapped onto ``dst`` by the least-squares similarity (Umeyama, no reflection)."""
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    sc, dc = src - src_mean, dst - dst_mean
+    u, sv, vt = np.linalg.svd(dc.T @ sc / len(src))
+    d = np.ones(3)
+    if np.linalg.det(u @ vt) < 0:
+        d[2] = -1.0
+    rotation = u @ np.diag(d) @ vt
+    var = float((sc**2).sum() / len(src))
+    scale = float((sv * d).sum() / var) if var > 0 else 1.0
+    return (sc @ rotation.T) * scale + dst_mean
+
+
+def _shape_weights(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Per point: 0 on the outline and the lips, rising to 1 in the inner face (eyes, brows, nose)."""
+    size = max(float(np.ptp(xy[list(FACE_OVAL)], axis=0).max()), 1.0)
+    d_oval = np.min(np.linalg.norm(xy[:, None, :] - xy[None, list(FACE_OVAL), :], axis=2), axis=1) / size
+    d_lips = np.min(np.linalg.norm(xy[:, None, :] - xy[None, list(LIPS_OUTER), :], axis=2), axis=1) / size
+
+    def ramp(d: npt.NDArray[np.float64], lo: float, hi: float) -> npt.NDArray[np.float64]:
+        t = np.clip((d - lo) / (hi - lo), 0.0, 1.0)
+        return t * t * (3.0 - 2.0 * t)
+
+    return ramp(d_oval, 0.03, 0.15) * ramp(d_lips, 0.02, 0.10)
+
+
+def reference_shape_in_pose(
+    identity: MeshIdentity, live_xy: Points, live_z: npt.NDArray[np.float32], amount: float
+) -> Points:
+    """The live mesh with its inner face moved ``amount`` of the way to the reference's proportions.
+
+    The reference's 3-D mesh is fitted onto the live one (similarity in 3-D), so
+    what moves the points is the difference in shape, not in head pose.
+    """
+    assert identity.depth is not None
+    live = np.concatenate([live_xy.astype(np.float64), live_z.astype(np.float64)[:, None]], axis=1)
+    ref = np.concatenate([identity.landmarks.astype(np.float64), identity.depth.astype(np.float64)[:, None]], axis=1)
+    fitted = similarity_3d(ref, live)[:, :2]
+    weight = amount * _shape_weights(live[:, :2])
+    return (live[:, :2] + weight[:, None] * (fitted - live[:, :2])).astype(np.float32)
+
+
+def fill_from_neighbours(map_xy: npt.NDArray[np.float32], covered: npt.NDArray[np.float32], cells: npt.NDArray[np.bool_]) -> None:
+    """Give the uncovered ``cells`` (in place) the mean map of their covered 5×5 neighbours."""
+    weight = cv2.boxFilter(covered, -1, (5, 5), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    summed = cv2.boxFilter(map_xy * covered[:, :, None], -1, (5, 5), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    fillable = cells & (covered < 0.5) & (weight > 0.5)
+    map_xy[fillable] = summed[fillable] / weight[fillable][:, None]
+    covered[fillable] = 1.0
+
+
+def close_and_extend(map_xy: npt.NDArray[np.float32], covered: npt.NDArray[np.float32], rim: int = 2) -> None:
+    """Fill small enclosed holes of the map, and extend it ``rim`` cells beyond the mesh's outline.
+
+    The extension lets the blend mask follow the live outline with sub-pixel
+    precision instead of the grid's stair steps (the texture there is the
+    outline's own, continued); holes left by culled triangles stay holes.
+    """
+    closed = cv2.morphologyEx(covered, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0.0)
+    fill_from_neighbours(map_xy, covered, closed > 0.5)
+    for _ in range(rim):
+        grown = cv2.dilate(covered, np.ones((3, 3), np.uint8))
+        fill_from_neighbours(map_xy, covered, grown > 0.5)
 
 
 class MeshSwapper:
@@ -71,32 +196,32 @@ class MeshSwapper:
 
     def __init__(self, config: MeshSwapConfig | None = None) -> None:
         self.config = config or MeshSwapConfig()
-        size = self.config.crop_size
-        step = self.config.grid_step
-        # The map is sampled at cell centres (offset (step-1)/2) so that the
-        # bilinear upsample to the crop lands on integer pixels.
-        self._grid_shape = (-(-size // step), -(-size // step))
-        self._grid_scale = float(step)
 
     # --- identity -----------------------------------------------------------------
     def identity_from_landmarks(self, image: Image, landmarks: FaceLandmarks) -> MeshIdentity:
-        """The reference face as texture + mesh, cut out of the reference photo."""
-        crop = self.prepare(image, landmarks)
-        assert crop.landmarks is not None
-        return MeshIdentity(texture=crop.image, landmarks=crop.landmarks)
+        """The reference face as texture + mesh, cut out of the reference photo at its own resolution."""
+        cfg = self.config
+        matrix, size = face_crop_matrix(landmarks.xy, cfg.margin, cfg.texture_max)
+        texture = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        xy = transform_points(landmarks.xy, matrix)
+        if mouth_openness(xy) > cfg.mouth_inpaint:
+            texture = close_mouth(texture, xy)
+        depth = (landmarks.points[:, 2] * float(matrix[0, 0])).astype(np.float32)
+        return MeshIdentity(texture=texture, landmarks=xy, depth=depth, valid=skin_validity(texture, xy))
 
     # --- per frame ----------------------------------------------------------------
     def prepare(self, frame: Image, landmarks: FaceLandmarks) -> FaceCrop:
-        """A square crop around the live face, with its mesh in crop coordinates."""
-        size = self.config.crop_size
+        """A square crop around the live face, with its mesh (and depth) in crop coordinates."""
         xy = landmarks.xy
-        cx, cy, side = square_around_points(xy, self.config.margin)
-        matrix = crop_matrix(cx, cy, side, size)
+        matrix, size = face_crop_matrix(xy, self.config.margin, self.config.max_crop)
         image = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         lo = xy.min(axis=0)
         hi = xy.max(axis=0)
         frame_box = np.array([lo[0], lo[1], hi[0], hi[1]], dtype=np.float32)
-        return FaceCrop(image=image, matrix=matrix, frame_box=frame_box, landmarks=transform_points(xy, matrix))
+        depth = (landmarks.points[:, 2] * float(matrix[0, 0])).astype(np.float32)
+        return FaceCrop(
+            image=image, matrix=matrix, frame_box=frame_box, landmarks=transform_points(xy, matrix), depth=depth
+        )
 
     def swap(
         self,
@@ -104,52 +229,58 @@ class MeshSwapper:
         identities: Sequence[MeshIdentity],
         options: Sequence[SwapOptions] | None = None,
     ) -> list[SwappedFace]:
-        """Swap a batch of faces (from any frames, any sessions)."""
+        """Swap a batch of faces (from any frames, any sessions).
+
+        ``options`` are accepted for a uniform interface; the mask they shape is
+        drawn at paste-back (``mirage.geometry.masks``).
+        """
         if len(crops) != len(identities):
             raise MirageError(f"swap() got {len(crops)} crops but {len(identities)} identities.")
-        opts = list(options) if options is not None else [SwapOptions()] * len(crops)
-        return [self._swap_one(c, i, o) for c, i, o in zip(crops, identities, opts, strict=True)]
+        return [self._swap_one(c, i) for c, i in zip(crops, identities, strict=True)]
 
-    def _swap_one(self, crop: FaceCrop, identity: MeshIdentity, options: SwapOptions) -> SwappedFace:
+    def _swap_one(self, crop: FaceCrop, identity: MeshIdentity) -> SwappedFace:
         if crop.landmarks is None:
             raise MirageError("The mesh swapper needs the live face's landmarks in the crop.")
-        warped, covered = self._warp(identity.texture, identity.landmarks, crop.landmarks)
-        mask = self._mask(crop.landmarks, options) * covered
-        if self.config.colour_match:
-            warped = match_colour(warped, crop.image, mask > 0.5)
-        return SwappedFace(image=warped, mask=mask.astype(np.float32))
+        size = int(crop.image.shape[0])
+        dst = crop.landmarks
+        if self.config.shape_transfer > 0.0 and crop.depth is not None and identity.depth is not None:
+            dst = reference_shape_in_pose(identity, crop.landmarks, crop.depth, self.config.shape_transfer)
+        warped, valid = self._warp(identity, dst, crop.depth, size)
+        return SwappedFace(image=warped, mask=valid)
 
-    def _warp(self, texture: Image, src_xy: Points, dst_xy: Points) -> tuple[Image, npt.NDArray[np.float32]]:
-        """Piecewise-affine warp of ``texture`` (mesh ``src_xy``) onto mesh ``dst_xy``.
+    def _warp(
+        self, identity: MeshIdentity, dst_xy: Points, dst_z: npt.NDArray[np.float32] | None, size: int
+    ) -> tuple[Image, npt.NDArray[np.float32]]:
+        """Piecewise-affine warp of the reference texture onto the live mesh ``dst_xy``.
 
-        The live mesh is triangulated (Delaunay: the reference's own
-        triangulation folds where the reference face is turned) and rasterised
-        on the grid in one vectorised pass: each triangle tests the grid points of its
-        own bounding box with barycentric coordinates, and the points inside
-        take the same barycentric combination of the reference triangle's
-        vertices. (scipy's ``find_simplex`` would be simpler, but building its
-        per-simplex transforms costs ~6 ms a frame.)
+        Each usable triangle tests the grid points of its own bounding box with
+        barycentric coordinates, in one vectorised pass (triangles grouped by
+        box size); a grid point covered by several triangles takes the nearest
+        (smallest FaceMesh depth). (scipy's ``find_simplex`` would be simpler,
+        but building its per-simplex transforms costs ~6 ms a frame.)
         """
-        size = self.config.crop_size
-        step = self._grid_scale
+        step = float(self.config.grid_step if size <= 384 else self.config.grid_step + 1)
         offset = (step - 1.0) / 2.0
-        grid_h, grid_w = self._grid_shape
-        triangles = Delaunay(dst_xy.astype(np.float64)).simplices
-        dst_tri = dst_xy[triangles].astype(np.float64)  # (T, 3, 2)
-        src_tri = src_xy[triangles].astype(np.float64)
+        grid_n = -(-size // int(step))
+        dst = dst_xy.astype(np.float64)
+        src = identity.landmarks.astype(np.float64)
+        live_z = dst_z.astype(np.float64) if dst_z is not None else None
+        ref_z = identity.depth.astype(np.float64) if identity.depth is not None else None
+        usable = (triangle_facing(dst, live_z) > 0.0) & (triangle_facing(src, ref_z) > self.config.min_facing)
+        tris = TRIANGLES[usable]
+        dst_tri = dst[tris]  # (T, 3, 2)
+        src_tri = src[tris]
+        z_tri = live_z[tris] if live_z is not None else np.zeros(tris.shape, dtype=np.float64)
         d_inv = barycentric_inverse(dst_tri)
-        # Grid cells covered by each triangle's bounding box.
         lo = np.ceil((dst_tri.min(axis=1) - offset) / step).astype(np.int64)
         hi = np.floor((dst_tri.max(axis=1) - offset) / step).astype(np.int64)
-        lo = np.clip(lo, 0, [grid_w - 1, grid_h - 1])
-        hi = np.clip(hi, -1, [grid_w - 1, grid_h - 1])
+        lo = np.clip(lo, 0, grid_n - 1)
+        hi = np.clip(hi, -1, grid_n - 1)
         extent = (hi - lo).max(axis=1) + 1
         cells_x: list[np.ndarray] = []
         cells_y: list[np.ndarray] = []
         weights: list[np.ndarray] = []
         sources: list[np.ndarray] = []
-        # Triangles grouped by bounding-box size, so a few long slivers on the
-        # hull do not make every triangle test a large window.
         bucket_lo = 0
         for bucket_hi in (2, 4, 8, 16, 32, 10**6):
             members = np.flatnonzero((extent > bucket_lo) & (extent <= bucket_hi))
@@ -160,8 +291,8 @@ class MeshSwapper:
             wy, wx = np.mgrid[0:window, 0:window]
             cx = lo[members, 0:1] + wx.ravel()[None, :]
             cy = lo[members, 1:2] + wy.ravel()[None, :]
-            valid = (cx <= hi[members, 0:1]) & (cy <= hi[members, 1:2])
-            row, cell = np.nonzero(valid)
+            inside_box = (cx <= hi[members, 0:1]) & (cy <= hi[members, 1:2])
+            row, cell = np.nonzero(inside_box)
             gx = cx[row, cell]
             gy = cy[row, cell]
             tri_index = members[row]
@@ -174,47 +305,56 @@ class MeshSwapper:
             cells_y.append(gy[inside])
             weights.append(bary[inside])
             sources.append(tri_index[inside])
-        gx_all = np.concatenate(cells_x)
-        gy_all = np.concatenate(cells_y)
-        source = np.einsum("ni,nij->nj", np.concatenate(weights), src_tri[np.concatenate(sources)])
-        map_xy = np.full((grid_h, grid_w, 2), -1.0, dtype=np.float32)
-        map_xy[gy_all, gx_all] = source
-        covered = np.zeros((grid_h, grid_w), dtype=np.float32)
-        covered[gy_all, gx_all] = 1.0
+        map_xy = np.full((grid_n, grid_n, 2), -1.0, dtype=np.float32)
+        covered = np.zeros((grid_n, grid_n), dtype=np.float32)
+        if cells_x:
+            gx_all = np.concatenate(cells_x)
+            gy_all = np.concatenate(cells_y)
+            bary_all = np.concatenate(weights)
+            tri_all = np.concatenate(sources)
+            # Depth test: where triangles overlap, the nearest one (smallest depth) wins.
+            depth = np.einsum("ni,ni->n", bary_all, z_tri[tri_all])
+            cell_id = gy_all * grid_n + gx_all
+            order = np.lexsort((depth, cell_id))
+            sorted_cells = cell_id[order]
+            first = np.ones(order.size, dtype=bool)
+            first[1:] = sorted_cells[1:] != sorted_cells[:-1]
+            pick = order[first]
+            source = np.einsum("ni,nij->nj", bary_all[pick], src_tri[tri_all[pick]])
+            map_xy[gy_all[pick], gx_all[pick]] = source
+            covered[gy_all[pick], gx_all[pick]] = 1.0
+            close_and_extend(map_xy, covered)
         if step != 1.0:
-            map_xy = cv2.resize(map_xy, (size, size), interpolation=cv2.INTER_LINEAR)
-            covered = cv2.resize(covered, (size, size), interpolation=cv2.INTER_LINEAR)
-        warped = cv2.remap(texture, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return warped, (covered > 0.99).astype(np.float32)
+            map_xy = upsample_grid(map_xy, size, step)
+            covered = upsample_grid(covered, size, step)
+        warped = cv2.remap(
+            identity.texture, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        # Cells next to an uncovered one interpolate towards (-1, -1): not valid.
+        valid = (covered > 0.999).astype(np.float32)
+        if identity.valid is not None:
+            skin = cv2.remap(identity.valid, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            valid *= skin.astype(np.float32) * (1.0 / 255.0)
+        return warped, valid
 
-    def _mask(self, dst_xy: Points, options: SwapOptions) -> npt.NDArray[np.float32]:
-        """Feathered face-oval mask in the crop; optionally keeps the live mouth."""
-        size = self.config.crop_size
-        oval = dst_xy[list(FACE_OVAL)]
-        face_size = float(max(oval.max(axis=0) - oval.min(axis=0)))
-        feather = max(1, int(round(face_size * self.config.feather)))
-        # Shrink by the feather so the blurred edge stays inside the face.
-        shrink = max(0.5, options.coverage * (1.0 - feather / max(face_size, 1.0)))
-        polygon = _scaled_about_centroid(oval, shrink)
-        mask = np.zeros((size, size), dtype=np.uint8)
-        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 255)
-        kernel = 2 * feather + 1
-        blurred = cv2.GaussianBlur(mask, (kernel, kernel), 0)
-        if options.mouth_mask:
-            blurred = np.minimum(blurred, 255 - self._mouth(dst_xy, size))
-        return blurred.astype(np.float32) / 255.0
 
-    @staticmethod
-    def _mouth(dst_xy: Points, size: int) -> npt.NDArray[np.uint8]:
-        """The live open mouth, grown a little into the lips and feathered (uint8)."""
-        inner = dst_xy[list(LIPS_INNER)]
-        width = float(np.ptp(dst_xy[list(LIPS_OUTER)][:, 0]))
-        mouth = np.zeros((size, size), dtype=np.uint8)
-        cv2.fillPoly(mouth, [np.round(inner).astype(np.int32)], 255)
-        grow = max(1, int(round(width * 0.12)))
-        mouth = cv2.dilate(mouth, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-        blur = 2 * max(1, grow // 2) + 1
-        return cv2.GaussianBlur(mouth, (blur, blur), 0)
+def upsample_grid(grid: npt.NDArray[np.float32], size: int, step: float) -> npt.NDArray[np.float32]:
+    """A map sampled at cell centres (step·i + (step−1)/2) resized to every pixel of a size × size crop."""
+    n = grid.shape[0]
+    # cv2.resize maps output pixel x to input (x + 0.5)·n/out − 0.5; with out = n·step that is
+    # exactly (x − (step−1)/2)/step, the cell-centre convention; then cut to the crop.
+    full = cv2.resize(grid, (int(n * step), int(n * step)), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(full[:size, :size])
+
+
+def close_mouth(texture: Image, xy: Points) -> Image:
+    """The reference's open mouth (teeth, cavity) filled in from its lips."""
+    shape = (int(texture.shape[0]), int(texture.shape[1]))
+    inner = fill_polygon(shape, xy[list(LIPS_INNER)])
+    width = float(np.ptp(xy[list(LIPS_OUTER)][:, 0]))
+    grow = max(1, int(round(width * 0.04)))
+    hole = cv2.dilate((inner > 0.05).astype(np.uint8) * 255, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return cv2.inpaint(texture, hole, max(3, grow * 2), cv2.INPAINT_TELEA)
 
 
 def barycentric_inverse(tri: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -240,26 +380,3 @@ def barycentric_inverse(tri: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]
     m[:, 2, 1] = -(m[:, 0, 1] + m[:, 1, 1])
     m[:, 2, 2] = np.where(ok, 1.0 - m[:, 0, 2] - m[:, 1, 2], -1.0)
     return m
-
-
-def match_colour(source: Image, target: Image, region: npt.NDArray[np.bool_], stride: int = 3) -> Image:
-    """Reinhard colour transfer: ``source``'s YCrCb mean/std in ``region`` set to ``target``'s.
-
-    Statistics come from every ``stride``-th pixel of the region, and the
-    per-channel linear map is applied as a lookup table on 8-bit YCrCb: about
-    1 ms on a 256x256 crop instead of ~9 ms in float.
-    """
-    sub = region[::stride, ::stride]
-    if int(sub.sum()) < 16:
-        return source
-    src_ycc = cv2.cvtColor(source, cv2.COLOR_BGR2YCrCb)
-    tgt_ycc = cv2.cvtColor(target, cv2.COLOR_BGR2YCrCb)
-    src_px = src_ycc[::stride, ::stride][sub].astype(np.float32)
-    tgt_px = tgt_ycc[::stride, ::stride][sub].astype(np.float32)
-    src_mean, src_std = src_px.mean(axis=0), src_px.std(axis=0) + 1e-3
-    tgt_mean, tgt_std = tgt_px.mean(axis=0), tgt_px.std(axis=0) + 1e-3
-    ratio = np.clip(tgt_std / src_std, 0.5, 2.0)
-    levels = np.arange(256, dtype=np.float32)[:, None]
-    table = np.clip((levels - src_mean) * ratio + tgt_mean, 0, 255).astype(np.uint8)  # (256, 3)
-    out = cv2.LUT(src_ycc, table.reshape(256, 1, 3))
-    return cv2.cvtColor(out, cv2.COLOR_YCrCb2BGR)

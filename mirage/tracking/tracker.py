@@ -6,8 +6,12 @@ landmarker in other processes, then feeds the landmarks back with
 :meth:`FaceTracker.observe`. :func:`track_stream` does the same in-process.
 
 As in MediaPipe's face-mesh graph, the ROI for the next frame comes from the
-current frame's raw (unsmoothed) mesh, so tracking never lags behind motion;
-only the landmarks handed out are One-Euro smoothed, per face slot.
+current frame's raw (unsmoothed) mesh, so tracking never lags behind motion.
+The landmarks handed out are split into head motion and shape: a similarity
+fitted to all 468 points each frame follows the head at once (its noise
+averages out over the points), and only the shape, seen in the head's frame,
+is One-Euro smoothed, per face slot. The swapped face then moves with the head
+without lag and does not shimmer when the head is still.
 The detector runs on the first frame, every ``detect_every`` frames, after a
 jump larger than ``motion_threshold`` face sizes in one frame, and after a face
 was lost or its confidence fell below ``min_confidence``.
@@ -19,10 +23,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from mirage.detect.blazeface import largest_faces
+from mirage.geometry.align import estimate_similarity
 from mirage.landmarks.facemesh import FaceRoi, roi_from_detection, roi_from_landmarks
 from mirage.tracking.one_euro import OneEuroConfig, OneEuroFilter
 from mirage.types import Detection, FaceLandmarks, Image
@@ -64,6 +70,8 @@ class _Slot:
     filter: OneEuroFilter
     raw_xy: npt.NDArray[np.float32]
     smoothed: FaceLandmarks
+    #: The smoothed shape in the slot's own head frame (the first frame's coordinates), (468, 3).
+    shape: npt.NDArray[np.float64] | None = None
 
     @property
     def roi(self) -> FaceRoi:
@@ -157,8 +165,23 @@ class FaceTracker:
 
     @staticmethod
     def _update(slot: _Slot, face: FaceLandmarks, t: float) -> _Slot:
-        points = slot.filter(face.points, t)
-        return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=FaceLandmarks(points=points, confidence=face.confidence))
+        raw = face.points.astype(np.float64)
+        if slot.shape is None or slot.shape.shape != raw.shape:
+            shape = slot.filter(raw, t)
+            return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=face, shape=shape)
+        # Head motion: the similarity from the smoothed shape to this frame's raw points.
+        matrix = estimate_similarity(slot.shape[:, :2], raw[:, :2]).astype(np.float64)
+        scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+        inverse = cv2.invertAffineTransform(matrix)
+        canonical = np.empty_like(raw)
+        canonical[:, :2] = raw[:, :2] @ inverse[:, :2].T + inverse[:, 2]
+        canonical[:, 2] = raw[:, 2] / max(scale, 1e-9)
+        shape = slot.filter(canonical, t)
+        points = np.empty_like(raw)
+        points[:, :2] = shape[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+        points[:, 2] = shape[:, 2] * scale
+        smoothed = FaceLandmarks(points=points.astype(np.float32), confidence=face.confidence)
+        return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=smoothed, shape=shape)
 
     @staticmethod
     def _match(slots: Sequence[_Slot], faces: Sequence[FaceLandmarks]) -> dict[int, int]:

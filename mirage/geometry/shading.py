@@ -1,0 +1,113 @@
+"""Light the swapped face like the room: the live face's shading and skin tone, the reference's detail.
+
+A ratio (quotient-image) transfer in YCrCb, done in the crop before paste-back,
+for every swapper:
+
+- luma: ``Y_out = Y_swap · low(Y_live) / low(Y_swap)`` — the swapped face keeps
+  its own detail (pores, brows, the shape of its features) and takes the live
+  face's low-frequency shading, so it is neither paler nor darker than the
+  forehead, ears and neck around it;
+- chroma: ``C_out = low_c(C_live)`` with a much finer low-pass — the live skin
+  tone and its colour variation (warm shadows, lips, cheeks) down to a few
+  pixels; identity lives in the luma detail, which stays the reference's. A
+  greyscale frame has no chroma, so it stays greyscale (snapped to exact grey).
+
+``low`` is a normalised Gaussian low-pass inside the blend mask (pixels outside
+the face — hair, background — never leak into it), computed on a copy reduced
+to a few pixels per sigma, which keeps it ~1 ms on a 300-px crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from mirage.types import Image
+
+FloatImage = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class ShadingConfig:
+    """``sigma``: the low-pass scale, as a fraction of the face's size (larger keeps more
+    of the reference's own shading). ``ratio_range``: clamp on the luma ratio.
+    ``chroma_sigma``: the (finer) low-pass scale of the live chroma the face takes.
+    ``enabled``: off restores the swapper's own colours.
+    """
+
+    sigma: float = 0.09
+    chroma_sigma: float = 0.02
+    ratio_range: tuple[float, float] = (0.4, 2.5)
+    enabled: bool = True
+
+
+#: Pixels per sigma in the reduced copy the low-pass runs on.
+_SMALL_SIGMA = 2.5
+_EPS = 1e-3
+
+
+class _NormalisedLowPass:
+    """Gaussian low-pass inside a soft region: ``blur(X·W) / blur(W)``, on a reduced copy."""
+
+    def __init__(self, weight: FloatImage, sigma: float) -> None:
+        height, width = weight.shape[:2]
+        factor = max(1.0, sigma / _SMALL_SIGMA)
+        self._full = (width, height)
+        self._small = (max(4, int(round(width / factor))), max(4, int(round(height / factor))))
+        self._sigma = sigma / factor
+        self._weight = cv2.resize(weight, self._small, interpolation=cv2.INTER_AREA)
+        self._norm = np.maximum(cv2.GaussianBlur(self._weight, (0, 0), self._sigma), _EPS)
+
+    def __call__(self, channels: FloatImage) -> FloatImage:
+        depth = channels.shape[2]
+        reduced = cv2.resize(channels, self._small, interpolation=cv2.INTER_AREA).reshape(
+            self._small[1], self._small[0], depth
+        )
+        blurred = cv2.GaussianBlur(reduced * self._weight[:, :, None], (0, 0), self._sigma)
+        normalised = blurred.reshape(self._small[1], self._small[0], depth) / self._norm[:, :, None]
+        full = cv2.resize(normalised, self._full, interpolation=cv2.INTER_LINEAR)
+        return full.reshape(self._full[1], self._full[0], depth)
+
+
+def is_greyscale(image: Image, region: npt.NDArray[np.bool_] | None = None, tolerance: int = 2) -> bool:
+    """True when every pixel (in ``region``) has B, G and R within ``tolerance`` of each other."""
+    px = image[region] if region is not None else image.reshape(-1, 3)
+    if px.size == 0:
+        return False
+    px = px.astype(np.int16)
+    spread = px.max(axis=-1) - px.min(axis=-1)
+    return bool(spread.max() <= tolerance)
+
+
+def transfer_shading(
+    swapped: Image, live: Image, mask: FloatImage, face_size: float, config: ShadingConfig | None = None
+) -> Image:
+    """``swapped`` relit and re-toned like ``live`` inside ``mask`` (same-size crops, BGR uint8)."""
+    cfg = config or ShadingConfig()
+    if not cfg.enabled:
+        return swapped
+    inside = mask > 0.5
+    if int(inside.sum()) < 16:
+        return swapped
+    weight = np.clip(mask, 0.0, 1.0).astype(np.float32)
+    swap_ycc = cv2.cvtColor(swapped, cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    live_ycc = cv2.cvtColor(live, cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    grey = is_greyscale(live, inside)
+    out = np.empty_like(swap_ycc)
+
+    low = _NormalisedLowPass(weight, max(cfg.sigma * face_size, 1.0))
+    lo, hi = cfg.ratio_range
+    ratio = np.clip((low(live_ycc[..., :1])[..., 0] + 1.0) / (low(swap_ycc[..., :1])[..., 0] + 1.0), lo, hi)
+    out[..., 0] = swap_ycc[..., 0] * ratio
+    if grey:
+        out[..., 1:] = 128.0
+    else:
+        out[..., 1:] = _NormalisedLowPass(weight, max(cfg.chroma_sigma * face_size, 0.8))(live_ycc[..., 1:])
+    result = cv2.cvtColor(np.clip(np.rint(out), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)
+    if grey:
+        luma = cv2.cvtColor(result, cv2.COLOR_BGR2GRAY)
+        result = cv2.merge([luma, luma, luma])
+    return result
