@@ -75,6 +75,24 @@ IDENTITY_TIMEOUT_S = 20.0
 _ALL_PEER_CONNECTIONS: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
 
 
+#: References larger than this are large enough to leave freed heap behind (glibc keeps it).
+LARGE_MESSAGE_BYTES = 1024 * 1024
+
+
+def release_freed_memory() -> None:
+    """Give freed heap back to the OS after a large message (glibc keeps it otherwise; no-op elsewhere).
+
+    A 10 MB reference passes through several buffers (WebSocket frame, JSON text, base64, bytes);
+    once freed, glibc's raised mmap threshold keeps them in the heap and the replica's RSS stays up.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def open_peer_connections() -> int:
     """Peer connections created here that are not closed yet."""
     return sum(1 for pc in list(_ALL_PEER_CONNECTIONS) if pc.connectionState != "closed")
@@ -142,6 +160,7 @@ class Session:
         self._send_lock = asyncio.Lock()
         self._closed = False
         self._media_started_at: float | None = None
+        self._release_after_control = False
         self._wire_peer_connection()
 
     def __repr__(self) -> str:
@@ -267,6 +286,8 @@ class Session:
     async def handle_control(self, message: str | bytes) -> dict[str, Any]:
         """Apply one control message; the reply is an ack or an error (never an exception)."""
         try:
+            if len(message) > LARGE_MESSAGE_BYTES:
+                self._release_after_control = True
             text, photo = split_binary(message)
             msg = parse_control(text)
             if photo is not None and not isinstance(msg, SetReference):
@@ -280,6 +301,11 @@ class Session:
             self.counters.control_errors += 1
             logger.warning("session %s: control message failed (%s)", self.id, type(exc).__name__)
             return error_message("internal", "The server could not apply this message.")
+        finally:
+            if self._release_after_control:
+                self._release_after_control = False
+                del message
+                release_freed_memory()
 
     async def identity_for(self, photo: bytes, swapper: str, request_id: int | None) -> tuple[Any, str | None]:
         try:
@@ -418,12 +444,15 @@ class Session:
         except Exception as exc:  # noqa: BLE001
             logger.warning("session %s: closing the peer connection failed (%s)", self.id, type(exc).__name__)
         key = self.controls.set_identity(None)
+        large = len(self._reference) > LARGE_MESSAGE_BYTES
         self._reference = b""
         if key:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ctx.models.forget_identity(key), 2.0)
         if self.spoofed.total:
             self._ctx.sink.spoofed(self.spoofed.total)
+        if large:
+            release_freed_memory()
         self.state = "closed"
 
     def describe(self) -> dict[str, Any]:
@@ -547,7 +576,19 @@ async def _read_offer(ws: Any, ctx: SessionContext, header_key: str | None) -> t
         raise ControlError("bad_request", f"No offer arrived within {timeout:g} s.") from None
     if first.get("type") == "websocket.disconnect":
         return None
-    text, binary_photo = split_binary(first.get("text") if first.get("text") is not None else (first.get("bytes") or b""))
+    raw = first.get("text") if first.get("text") is not None else (first.get("bytes") or b"")
+    del first
+    try:
+        return _check_offer(raw, ctx, header_key)
+    finally:
+        if len(raw) > LARGE_MESSAGE_BYTES:
+            del raw
+            release_freed_memory()
+
+
+def _check_offer(raw: str | bytes, ctx: SessionContext, header_key: str | None) -> tuple[OfferMessage, bytes]:
+    settings = ctx.settings
+    text, binary_photo = split_binary(raw)
     offer = parse_offer(text)
     refusal = rejection_message(settings.auth, header_key or offer.api_key)
     if refusal is not None:

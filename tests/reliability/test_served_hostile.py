@@ -307,7 +307,7 @@ def _large_png(target_bytes: int) -> bytes:
     from tests.faces import astronaut_bgr
 
     rng = np.random.default_rng(5)
-    rows = max(64, target_bytes // (4096 * 3))
+    rows = max(64, (target_bytes - 2 * 1024 * 1024) // (4096 * 3))  # the flat part and the face: ~2 MB
     img = np.full((rows + 1024, 4096, 3), 200, np.uint8)
     img[:1024, 1536:2560] = cv2.resize(astronaut_bgr(), (1024, 1024))
     img[1024:] = rng.integers(0, 256, (rows, 4096, 3), dtype=np.uint8)
