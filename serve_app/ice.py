@@ -46,7 +46,13 @@ def ice_server_dicts(ice: IceSettings) -> list[dict[str, Any]]:
     if stun:
         servers.append({"urls": stun})
     turn = _turn_urls(ice)
-    if turn:
+    if turn and ice.turn_secret:
+        # coturn REST credentials (serve_app.turn): the server's own, minted per call.
+        from serve_app.turn import SERVER_ID, credential_for
+
+        pair = credential_for(ice, SERVER_ID)
+        servers.append({"urls": turn, "username": pair[0], "credential": pair[1]} if pair else {"urls": turn})
+    elif turn:
         entry: dict[str, Any] = {"urls": turn}
         if ice.turn_user:
             entry["username"] = ice.turn_user

@@ -36,9 +36,11 @@ from serve_app.auth import (
     WRONG_KEY_MESSAGE,
     is_the_key,
     key_from_headers,
+    key_matches,
     mint_token,
     rejection_message,
 )
+from serve_app.disclosure import SYNTHETIC_NOTICE, allowed_swappers, swapper_licences
 from serve_app.drain import DrainWatcher
 from serve_app.ice import ice_server_dicts
 from serve_app.metrics import RayFrameMetrics, RollingStats
@@ -51,6 +53,7 @@ from serve_app.sessions import (
     serve_session,
 )
 from serve_app.settings import FALLBACK_POLICIES, Settings
+from serve_app.turn import new_client_id, with_turn_credential
 
 logger = logging.getLogger(__name__)
 
@@ -362,15 +365,24 @@ class MirageIngress:
         return JSONResponse(body)
 
     @app.get("/config")
-    async def client_config(self) -> dict[str, Any]:
+    async def client_config(self, request: Request) -> dict[str, Any]:
         s = self.settings
+        # TURN credentials only for a caller that proved the key or a token (serve_app.turn).
+        provided = key_from_headers(request.headers)
+        authed = s.auth.require_api_key and provided is not None and key_matches(s.auth, provided)
+        swappers = allowed_swappers(await self._available_swappers(), s.session.allow_noncommercial)
         return {
-            "ice_servers": ice_server_dicts(s.ice),
+            "ice_servers": with_turn_credential(ice_server_dicts(s.ice), s.ice, new_client_id() if authed else None),
+            "turn_credentials": authed and bool(s.ice.turn_urls),
+            "synthetic_media": True,
+            "synthetic_notice": SYNTHETIC_NOTICE,
+            "allow_noncommercial": s.session.allow_noncommercial,
+            "licences": {name: swapper_licences(name) for name in swappers},
             "force_relay": s.ice.force_relay,
             "prefer_h264": s.ice.prefer_h264,
             "max_fps": s.session.max_fps,
             "max_side": s.session.max_side,
-            "swappers": await self._available_swappers(),
+            "swappers": swappers,
             "fallbacks": list(FALLBACK_POLICIES),
             "default_fallback": s.session.fallback,
             "max_faces": s.session.max_faces,

@@ -46,6 +46,7 @@ from serve_app.control import (
     reference_photo,
     split_binary,
 )
+from serve_app.disclosure import is_commercial, noncommercial_message
 from serve_app.ice import fingerprint_problem, has_receivable_video, ice_policy, prefer_codec, rtc_configuration
 from serve_app.media import DelayedAudioTrack, LatestFramePump, OrderedVideoTrack, cancel_and_wait
 from serve_app.metrics import FrameMetricsSink, FrameRecord, NullSink, RollingStats
@@ -53,6 +54,9 @@ from serve_app.orchestrator import FramePreparer, FrameProcessor, ModelClient, S
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: Server messages that say the returned media is synthetic ("synthetic": true).
+SYNTHETIC_TYPES = frozenset({"answer", "stats", "event"})
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -328,6 +332,8 @@ class Session:
         # SetOptions
         note = None
         if msg.swapper is not None and msg.swapper != self.controls.swapper:
+            if not self._settings.allow_noncommercial and not is_commercial(msg.swapper):
+                raise ControlError("not_allowed", noncommercial_message(msg.swapper), msg.id)
             identity, note = await self.identity_for(self._reference, msg.swapper, msg.id)
             self._forget(self.controls.set_identity(identity))
             self.controls.swapper = msg.swapper
@@ -346,6 +352,8 @@ class Session:
 
     # --- the session request ------------------------------------------------------------
     async def send(self, ws: Any, message: dict[str, Any]) -> None:
+        if message.get("type") in SYNTHETIC_TYPES:
+            message = {**message, "synthetic": True}  # disclosure: the returned media is AI-generated
         async with self._send_lock:
             await ws.send_text(json.dumps(message))
 
@@ -594,6 +602,8 @@ def _check_offer(raw: str | bytes, ctx: SessionContext, header_key: str | None) 
     if refusal is not None:
         ctx.sink.refused("unauthorized")
         raise ControlError("unauthorized", refusal)
+    if not settings.session.allow_noncommercial and not is_commercial(offer.options.swapper):
+        raise ControlError("not_allowed", noncommercial_message(offer.options.swapper))
     if not has_receivable_video(offer.sdp):
         raise ControlError("bad_offer", "The offer has no camera video; send a sendrecv video track.")
     problem = fingerprint_problem(offer.sdp)

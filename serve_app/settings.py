@@ -78,6 +78,10 @@ class IceSettings:
     #: (MIRAGE_ICE_ANNOUNCED_ADDRESS). See mirage.webrtc.guard and docs/security.md.
     host_addresses: tuple[str, ...] = ()
     announced_address: str | None = None
+    #: coturn's use-auth-secret shared secret (MIRAGE_TURN_SECRET): per-caller credentials valid
+    #: ``turn_ttl_s`` (MIRAGE_TURN_TTL) seconds instead of the static user/pass (serve_app.turn).
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: int = 86400
 
 
 MIN_TOKEN_TTL_S = 10
@@ -154,6 +158,9 @@ class SessionSettings:
     max_reference_side: int = 4096
     detect_every: int = 10
     audio_sync: bool = True
+    #: MIRAGE_ALLOW_NONCOMMERCIAL=0: sessions may not ask for models licensed for non-commercial
+    #: use only (InSwapper, buffalo_l), and /config does not offer them.
+    allow_noncommercial: bool = True
 
     def __post_init__(self) -> None:
         if self.max_sessions_per_replica < 1:
@@ -191,6 +198,8 @@ class Settings:
             turn_tls_only=env_flag(env, "MIRAGE_TURN_TLS_ONLY", base.ice.turn_tls_only),
             host_addresses=env_list(env, "MIRAGE_ICE_HOST_ADDRESSES") or base.ice.host_addresses,
             announced_address=env.get("MIRAGE_ICE_ANNOUNCED_ADDRESS", "").strip() or base.ice.announced_address,
+            turn_secret=env.get("MIRAGE_TURN_SECRET") or base.ice.turn_secret,
+            turn_ttl_s=_env_int(env, "MIRAGE_TURN_TTL", base.ice.turn_ttl_s, 60, 7 * 24 * 3600),
         )
         api_key = env.get("MIRAGE_API_KEY") or base.auth.api_key
         require = env_flag(env, "MIRAGE_REQUIRE_API_KEY", base.auth.require_api_key)
@@ -211,6 +220,7 @@ class Settings:
             s,
             max_faces=_env_int(env, "MIRAGE_MAX_FACES", s.max_faces, 1, s.max_faces_limit),
             badge=env_flag(env, "MIRAGE_BADGE", s.badge),
+            allow_noncommercial=env_flag(env, "MIRAGE_ALLOW_NONCOMMERCIAL", s.allow_noncommercial),
             fallback=fallback,  # type: ignore[arg-type]
             max_sessions_per_replica=_env_int(
                 env, "MIRAGE_MAX_SESSIONS_PER_REPLICA", s.max_sessions_per_replica, 1, 1024
