@@ -8,6 +8,7 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/firefox-esr ] || missing+=(firefox-esr)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)  # real speech for the voice tests
+command -v turnserver >/dev/null || missing+=(coturn)  # a real TURN relay for the relay test
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

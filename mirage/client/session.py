@@ -235,6 +235,7 @@ class MirageSession:
         self.server_config: dict[str, Any] = {}
         self.session_id: str | None = None
         self.note: str | None = None
+        self.synthetic = False
         self.server_stats: dict[str, Any] | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=100)
         self.server_errors: deque[dict[str, Any]] = deque(maxlen=100)
@@ -355,6 +356,8 @@ class MirageSession:
             raise SessionFailed(f"The server sent {reply.get('type')!r} where an answer was expected.")
         self.session_id = reply.get("session_id")
         self.note = reply.get("note")
+        #: The server says the media it returns is synthetic (AI-modified): clients show the notice.
+        self.synthetic = bool(reply.get("synthetic"))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type=reply.get("sdp_type", "answer")))
         self._spawn(self._read_ws())
         self._spawn(self._watch_silence())
