@@ -533,8 +533,8 @@ class MirageSession:
             pass
         finally:
             if self._ws is not None and self._ws.close_code is not None:
-                self.close_code = self._ws.close_code
-                self.close_reason = self._ws.close_reason
+                self.close_code = self.close_code or self._ws.close_code
+                self.close_reason = self.close_reason or self._ws.close_reason
             self._server_gone()
 
     def _server_gone(self) -> None:
