@@ -42,7 +42,7 @@ from serve_app.auth import (
 )
 from serve_app.disclosure import SYNTHETIC_NOTICE, allowed_swappers, swapper_licences
 from serve_app.drain import DrainWatcher
-from serve_app.ice import ice_server_dicts
+from serve_app.ice import ice_policy, ice_server_dicts
 from serve_app.metrics import RayFrameMetrics, RollingStats
 from serve_app.orchestrator import FramePreparer, ServeModelClient
 from serve_app.sessions import (
@@ -186,6 +186,7 @@ class MirageIngress:
         cv2.setNumThreads(max(1, self.config.opencv_threads))
         self.stats = RollingStats(target_fps=settings.session.max_fps)
         self.sink = RayFrameMetrics()
+        ice_policy(settings.ice)  # a bad MIRAGE_ICE_* value stops the replica here, with its sentence
         self.registry = SessionRegistry(settings.session.max_sessions_per_replica, settings.session.max_pending_sockets)
         self.models = ServeModelClient(detector, swapper)
         self._detector = detector
