@@ -24,7 +24,11 @@ def _add_swap_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, type=Path, help="where to write the result (same kind as the input)")
     p.add_argument("--swapper", choices=["mesh", "inswapper"], default="mesh")
     p.add_argument("--max-faces", type=int, default=1, help="swap up to N largest faces per frame")
-    p.add_argument("--mouth-mask", action="store_true", help="keep the live mouth (mesh swapper)")
+    p.add_argument(
+        "--mouth-mask",
+        action="store_true",
+        help="also keep the live lips (an open mouth's interior always comes from the live face)",
+    )
     p.add_argument("--coverage", type=float, default=1.0, help="fraction of the face region replaced (0.5-1.2)")
     p.add_argument("--detector", choices=["short", "full"], default="short", help="BlazeFace range model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for videos")

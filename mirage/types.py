@@ -107,6 +107,10 @@ class MeshIdentity:
     landmarks: Points
     depth: npt.NDArray[np.float32] | None = None
     valid: npt.NDArray[np.uint8] | None = None
+    #: Per tessellation triangle: whether the reference has texture for it (its own or its mirror image's).
+    usable: npt.NDArray[np.bool_] | None = None
+    #: Per tessellation triangle, the reference vertices (T, 3) its texture is sampled from.
+    sources: npt.NDArray[np.int32] | None = None
     kind: Literal["mesh"] = "mesh"
 
     def __repr__(self) -> str:  # identity data never goes to logs

@@ -60,8 +60,21 @@ def triangulate(frontal: np.ndarray) -> np.ndarray:
     return np.array(sorted(tuple(int(v) for v in t) for t in keep), dtype=np.int32)
 
 
+def mirror_map(frontal: np.ndarray) -> np.ndarray:
+    """Per point, its mirror image across the face's vertical midline (nearest point to (-x, y, z))."""
+    xy = frontal.copy()
+    centre_x = float(np.median(frontal[[1, 4, 5, 6, 8, 9, 10, 151, 152, 164, 168, 175, 199, 200], 0]))
+    xy[:, 0] -= centre_x
+    mirrored = xy * np.array([-1.0, 1.0, 1.0])
+    distances = np.linalg.norm(mirrored[:, None, :] - xy[None, :, :], axis=2)
+    return distances.argmin(axis=1).astype(np.int32)
+
+
 def main() -> int:
-    tri = triangulate(frontal_mesh())
+    frontal = frontal_mesh()
+    tri = triangulate(frontal)
+    mirror = mirror_map(frontal)
+    mirror_rows = ",\n".join("    " + ", ".join(str(int(v)) for v in mirror[i : i + 16]) for i in range(0, len(mirror), 16))
     rows = ",\n".join("    " + ", ".join(f"({a}, {b}, {c})" for a, b, c in tri[i : i + 6]) for i in range(0, len(tri), 6))
     text = (
         '"""A fixed triangulation of the 468-point FaceMesh (generated: scripts/build_tessellation.py).\n\n'
@@ -74,7 +87,11 @@ def main() -> int:
         f"_TRIANGLES: tuple[tuple[int, int, int], ...] = (\n{rows},\n)\n\n"
         "#: (T, 3) int32 vertex indices.\n"
         "TRIANGLES: npt.NDArray[np.int32] = np.array(_TRIANGLES, dtype=np.int32)\n"
-        "TRIANGLES.setflags(write=False)\n"
+        "TRIANGLES.setflags(write=False)\n\n"
+        f"_MIRROR: tuple[int, ...] = (\n{mirror_rows},\n)\n\n"
+        "#: (468,) int32: each point's mirror image across the face's midline (the face is symmetric).\n"
+        "MIRROR: npt.NDArray[np.int32] = np.array(_MIRROR, dtype=np.int32)\n"
+        "MIRROR.setflags(write=False)\n"
     )
     out = ROOT / "mirage" / "landmarks" / "tessellation.py"
     out.write_text(text)

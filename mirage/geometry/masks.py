@@ -94,6 +94,18 @@ def _smoothstep(x: float, lo: float, hi: float) -> float:
     return t * t * (3.0 - 2.0 * t)
 
 
+def _blur(mask: FloatMask, sigma: float) -> FloatMask:
+    """Gaussian blur; a wide one runs on a reduced copy (the result is smooth at that scale anyway)."""
+    factor = int(sigma // 2.0)
+    if factor < 2:
+        return cv2.GaussianBlur(mask, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+    height, width = mask.shape[:2]
+    small = cv2.resize(mask, (max(1, width // factor), max(1, height // factor)), interpolation=cv2.INTER_AREA)
+    small = cv2.copyMakeBorder(small, 4, 4, 4, 4, cv2.BORDER_CONSTANT, value=0.0)
+    blurred = cv2.GaussianBlur(small, (0, 0), sigma / factor, borderType=cv2.BORDER_CONSTANT)[4:-4, 4:-4]
+    return cv2.resize(blurred, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def soften_inside(hard: FloatMask, width: float) -> FloatMask:
     """A soft edge about ``width`` pixels wide that stays inside ``hard``'s support.
 
@@ -105,7 +117,7 @@ def soften_inside(hard: FloatMask, width: float) -> FloatMask:
     if width < 1.0:
         return hard
     sigma = width / 1.6
-    blurred = cv2.GaussianBlur(hard, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+    blurred = _blur(hard, sigma)
     t = np.clip((blurred - 0.55) * (1.0 / 0.42), 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
@@ -159,24 +171,46 @@ def skin_validity(texture: Image, xy: Points, inner: float = 0.72) -> npt.NDArra
     (never paste its background) and on the live crop (never paste over the
     live person's hair).
     """
-    shape = (int(texture.shape[0]), int(texture.shape[1]))
-    oval = xy[list(FACE_OVAL)]
+    full = (int(texture.shape[1]), int(texture.shape[0]))
+    factor = max(1, min(full) // 96)  # ~100 px is plenty for a colour test; keeps it well under 1 ms
+    small = texture if factor == 1 else cv2.resize(texture, (full[0] // factor, full[1] // factor), interpolation=cv2.INTER_AREA)
+    pts = np.asarray(xy, dtype=np.float32) * np.float32(small.shape[1] / full[0])
+    shape = (int(small.shape[0]), int(small.shape[1]))
+    oval = pts[list(FACE_OVAL)]
     centre = oval.mean(axis=0)
     core = fill_polygon(shape, (centre + (oval - centre) * inner).astype(np.float32)) > 0.5
-    for feature in _feature_polygons(xy):  # lips, eyes and brows are face even where they reach the ring
+    for feature in _feature_polygons(pts):  # lips, eyes and brows are face even where they reach the ring
         core |= fill_polygon(shape, feature) > 0.5
-    outline = fill_polygon(shape, oval) > 0.5
-    ycc = cv2.cvtColor(texture, cv2.COLOR_BGR2YCrCb).astype(np.float32)
-    px = ycc[::2, ::2][core[::2, ::2]]
+    outline = fill_polygon(shape, oval)
+    ycc = cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    px = ycc[core]
     if px.shape[0] < 16:
-        return (outline * 255).astype(np.uint8)
-    median = np.median(px, axis=0)
-    spread = np.maximum(np.median(np.abs(px - median), axis=0) * 1.4826, (12.0, 3.0, 3.0))
-    distance = (np.abs(ycc - median) / (3.0 * spread)).max(axis=2)
-    skin = np.clip(2.0 - distance, 0.0, 1.0)
-    skin = cv2.morphologyEx(skin, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    valid = np.where(core, 1.0, skin) * outline
-    return np.clip(np.rint(valid * 255.0), 0, 255).astype(np.uint8)
+        valid = outline
+    else:
+        median = np.median(px, axis=0)
+        spread = np.maximum(np.median(np.abs(px - median), axis=0) * 1.4826, (12.0, 3.0, 3.0))
+        distance = (np.abs(ycc - median) / (3.0 * spread)).max(axis=2)
+        skin = np.clip(2.0 - distance, 0.0, 1.0)
+        skin = cv2.morphologyEx(skin, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        valid = np.where(core, 1.0, skin) * outline
+    out = np.clip(np.rint(valid * 255.0), 0, 255).astype(np.uint8)
+    return out if factor == 1 else cv2.resize(out, full, interpolation=cv2.INTER_LINEAR)
+
+
+def _holes_grown(valid: FloatMask, outline: FloatMask, width: float) -> FloatMask:
+    """``valid`` with its holes inside the outline grown by half the feather width.
+
+    A soft edge drawn by blurring cannot reach 0 inside a small hole; grown
+    first, every hole's own pixels end up below the ramp's start, so the blend
+    mask is 0 wherever the swap is not valid. (The outline's own edge is left
+    alone: it stays sub-pixel smooth.)
+    """
+    holes = ((valid < 0.5) & (outline > 0.5)).astype(np.uint8)
+    if not holes.any():
+        return valid
+    grow = max(1, int(round(width * 0.5)))
+    grown = cv2.dilate(holes, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return np.minimum(valid, 1.0 - grown.astype(np.float32))
 
 
 def blend_mask(
@@ -199,7 +233,7 @@ def blend_mask(
     width = max(1.0, cfg.feather * size)
     hard = fill_polygon(shape, face_outline(xy, cfg.forehead, options.coverage))
     if valid is not None:
-        hard = np.minimum(hard, np.asarray(valid, dtype=np.float32))
+        hard = np.minimum(hard, _holes_grown(np.asarray(valid, dtype=np.float32), hard, width))
     if live is not None:
         hard = np.minimum(hard, skin_validity(live, xy).astype(np.float32) * (1.0 / 255.0))
     mask = soften_inside(hard, width)

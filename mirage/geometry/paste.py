@@ -147,7 +147,6 @@ def _paste_into(out: Image, crop: FaceCrop, swapped: SwappedFace, options: SwapO
         alpha2 = cv2.warpAffine(
             mask_crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
         )
-    alpha = np.clip(alpha2, 0.0, 1.0)[:, :, None]
-    region = out[y0:y1, x0:x1].astype(np.float32)
-    blended = alpha * face.astype(np.float32) + (1.0 - alpha) * region
-    out[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    alpha = np.clip(alpha2, 0.0, 1.0).astype(np.float32)
+    region = out[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = cv2.blendLinear(face, region, alpha, 1.0 - alpha)

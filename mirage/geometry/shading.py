@@ -6,7 +6,9 @@ for every swapper:
 - luma: ``Y_out = Y_swap · low(Y_live) / low(Y_swap)`` — the swapped face keeps
   its own detail (pores, brows, the shape of its features) and takes the live
   face's low-frequency shading, so it is neither paler nor darker than the
-  forehead, ears and neck around it;
+  forehead, ears and neck around it; its finest detail is boosted (up to
+  ``max_detail_gain``) where the reference is softer than the live frame, so the
+  face is as sharp as the picture around it;
 - chroma: ``C_out = low_c(C_live)`` with a much finer low-pass — the live skin
   tone and its colour variation (warm shadows, lips, cheeks) down to a few
   pixels; identity lives in the luma detail, which stays the reference's. A
@@ -35,17 +37,21 @@ class ShadingConfig:
     """``sigma``: the low-pass scale, as a fraction of the face's size (larger keeps more
     of the reference's own shading). ``ratio_range``: clamp on the luma ratio.
     ``chroma_sigma``: the (finer) low-pass scale of the live chroma the face takes.
+    ``max_detail_gain``: how far the reference's finest detail may be boosted to
+    be as sharp as the live frame around it (a soft reference photo, or one
+    smaller than the live face); 1 turns it off. It never softens.
     ``enabled``: off restores the swapper's own colours.
     """
 
-    sigma: float = 0.09
+    sigma: float = 0.06
     chroma_sigma: float = 0.02
+    max_detail_gain: float = 3.0
     ratio_range: tuple[float, float] = (0.4, 2.5)
     enabled: bool = True
 
 
 #: Pixels per sigma in the reduced copy the low-pass runs on.
-_SMALL_SIGMA = 2.5
+_SMALL_SIGMA = 1.6
 _EPS = 1e-3
 
 
@@ -72,14 +78,27 @@ class _NormalisedLowPass:
         return full.reshape(self._full[1], self._full[0], depth)
 
 
-def is_greyscale(image: Image, region: npt.NDArray[np.bool_] | None = None, tolerance: int = 2) -> bool:
-    """True when every pixel (in ``region``) has B, G and R within ``tolerance`` of each other."""
-    px = image[region] if region is not None else image.reshape(-1, 3)
-    if px.size == 0:
+def is_greyscale(image: Image, tolerance: int = 2) -> bool:
+    """True when every pixel has B, G and R within ``tolerance`` of each other."""
+    if image.size == 0:
         return False
-    px = px.astype(np.int16)
-    spread = px.max(axis=-1) - px.min(axis=-1)
-    return bool(spread.max() <= tolerance)
+    b, g, r = cv2.split(image)
+    return max(int(cv2.absdiff(b, g).max()), int(cv2.absdiff(g, r).max())) <= tolerance
+
+
+def _match_detail(luma: FloatImage, live_luma: FloatImage, inside: npt.NDArray[np.bool_], max_gain: float) -> None:
+    """Boost ``luma``'s finest detail (in place) to the live face's level, at most ``max_gain`` times."""
+    fine = luma - cv2.GaussianBlur(luma, (0, 0), 1.0)
+    live_fine = live_luma - cv2.GaussianBlur(live_luma, (0, 0), 1.0)
+    step = 2
+    sub = inside[::step, ::step]
+    have = float(fine[::step, ::step][sub].std())
+    want = float(live_fine[::step, ::step][sub].std())
+    if have <= 1e-3:
+        return
+    gain = min(max(want / have, 1.0), max_gain)
+    if gain > 1.0:
+        luma += (gain - 1.0) * fine
 
 
 def transfer_shading(
@@ -89,25 +108,36 @@ def transfer_shading(
     cfg = config or ShadingConfig()
     if not cfg.enabled:
         return swapped
-    inside = mask > 0.5
+    rows = np.flatnonzero(mask.max(axis=1) > 0.0)
+    cols = np.flatnonzero(mask.max(axis=0) > 0.0)
+    if rows.size == 0:
+        return swapped
+    # Only the mask's bounding box matters (the face outside it is not blended in).
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    inside = mask[box] > 0.5
     if int(inside.sum()) < 16:
         return swapped
-    weight = np.clip(mask, 0.0, 1.0).astype(np.float32)
-    swap_ycc = cv2.cvtColor(swapped, cv2.COLOR_BGR2YCrCb).astype(np.float32)
-    live_ycc = cv2.cvtColor(live, cv2.COLOR_BGR2YCrCb).astype(np.float32)
-    grey = is_greyscale(live, inside)
+    weight = np.clip(mask[box], 0.0, 1.0).astype(np.float32)
+    swap_ycc = cv2.cvtColor(swapped[box], cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    live_part = live[box]
+    live_ycc = cv2.cvtColor(live_part, cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    grey = is_greyscale(live_part)
     out = np.empty_like(swap_ycc)
 
     low = _NormalisedLowPass(weight, max(cfg.sigma * face_size, 1.0))
     lo, hi = cfg.ratio_range
     ratio = np.clip((low(live_ycc[..., :1])[..., 0] + 1.0) / (low(swap_ycc[..., :1])[..., 0] + 1.0), lo, hi)
     out[..., 0] = swap_ycc[..., 0] * ratio
+    if cfg.max_detail_gain > 1.0:
+        _match_detail(out[..., 0], live_ycc[..., 0], inside, cfg.max_detail_gain)
     if grey:
         out[..., 1:] = 128.0
     else:
-        out[..., 1:] = _NormalisedLowPass(weight, max(cfg.chroma_sigma * face_size, 0.8))(live_ycc[..., 1:])
-    result = cv2.cvtColor(np.clip(np.rint(out), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)
+        out[..., 1:] = _NormalisedLowPass(weight, max(cfg.chroma_sigma * face_size, 1.6))(live_ycc[..., 1:])
+    part = cv2.cvtColor(np.clip(np.rint(out), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)
     if grey:
-        luma = cv2.cvtColor(result, cv2.COLOR_BGR2GRAY)
-        result = cv2.merge([luma, luma, luma])
+        luma = cv2.cvtColor(part, cv2.COLOR_BGR2GRAY)
+        part = cv2.merge([luma, luma, luma])
+    result = swapped.copy()
+    result[box] = part
     return result

@@ -39,7 +39,7 @@ import numpy.typing as npt
 from mirage.errors import MirageError
 from mirage.geometry.align import transform_points
 from mirage.geometry.masks import fill_polygon, mouth_openness, skin_validity
-from mirage.landmarks.tessellation import TRIANGLES
+from mirage.landmarks.tessellation import MIRROR, TRIANGLES
 from mirage.landmarks.topology import FACE_OVAL, LIPS_INNER, LIPS_OUTER
 from mirage.types import FaceCrop, FaceLandmarks, Image, MeshIdentity, Points, SwapOptions, SwappedFace
 
@@ -67,6 +67,10 @@ class MeshSwapConfig:
     min_facing: float = 0.15
     mouth_inpaint: float = 0.01
     shape_transfer: float = 0.7
+
+
+#: Each tessellation triangle's mirror image across the face's midline (vertex triples).
+TRIANGLES_MIRRORED: npt.NDArray[np.int32] = MIRROR[TRIANGLES]
 
 
 def square_around_points(points_xy: Points, margin: float) -> tuple[float, float, float]:
@@ -99,30 +103,77 @@ def face_crop_matrix(points_xy: Points, margin: float, max_side: int) -> tuple[n
 
 
 def triangle_facing(xy: npt.NDArray[np.float64], z: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
-    """Per triangle, how squarely the surface there faces the camera (cosine; negative: away).
+    """Per tessellation triangle, how squarely the surface there faces the camera (cosine; negative: away).
+
+    See :func:`facing_of`.
+    """
+    return facing_of(TRIANGLES, xy, z)
+
+
+def facing_of(
+    tris: npt.NDArray[np.int32], xy: npt.NDArray[np.float64], z: npt.NDArray[np.float64] | None
+) -> npt.NDArray[np.float64]:
+    """Per triangle of ``tris`` (any vertex triples), how squarely the surface faces the camera.
 
     Normals come from the 3-D mesh (x, y and FaceMesh's depth), signed by the
-    tessellation's front-facing winding, and are smoothed over each vertex's
-    neighbours: a single folded eyelid or lip triangle (expression, landmark
-    noise) does not count as facing away, a turned cheek does. Without depth,
-    only the 2-D winding is known (±1).
+    tessellation's front-facing winding, and are smoothed over two rings of
+    each vertex's neighbours: a single folded eyelid or lip triangle
+    (expression, landmark noise) does not count as facing away, a turned cheek
+    does. Without depth, only the 2-D winding is known (±1).
     """
+    if z is None:
+        a, b, c = xy[tris[:, 0]], xy[tris[:, 1]], xy[tris[:, 2]]
+        ab, ac = b - a, c - a
+        return np.sign(ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0])
+    # The smoothed vertex normals carry the tessellation's front-facing orientation, whatever triple they form.
+    normals = _vertex_normals(xy, z)[tris].sum(axis=1)
+    norm = np.linalg.norm(normals, axis=1)
+    return np.where(norm > 1e-9, normals[:, 2] / np.maximum(norm, 1e-9), 0.0)
+
+
+def _vertex_normals(xy: npt.NDArray[np.float64], z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Per point, the surface normal smoothed over two rings of the tessellation (z > 0: facing the camera)."""
     a, b, c = xy[TRIANGLES[:, 0]], xy[TRIANGLES[:, 1]], xy[TRIANGLES[:, 2]]
     ab, ac = b - a, c - a
-    signed = ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0]
-    if z is None:
-        return np.sign(signed)
     za, zb, zc = z[TRIANGLES[:, 0]], z[TRIANGLES[:, 1]], z[TRIANGLES[:, 2]]
     ab3 = np.concatenate([ab, (zb - za)[:, None]], axis=1)
     ac3 = np.concatenate([ac, (zc - za)[:, None]], axis=1)
     normals = np.cross(ab3, ac3)  # z component == the signed 2-D area: + faces the camera
-    for _ in range(2):  # triangle -> vertex -> triangle, twice: a two-ring smoothing
-        vertex = np.zeros((xy.shape[0], 3))
-        for k in range(3):
-            np.add.at(vertex, TRIANGLES[:, k], normals)
-        normals = vertex[TRIANGLES].sum(axis=1)
-    norm = np.linalg.norm(normals, axis=1)
-    return np.where(norm > 1e-9, normals[:, 2] / np.maximum(norm, 1e-9), 0.0)
+    count = xy.shape[0]
+    flat = TRIANGLES.T.ravel()  # vertex of each (corner, triangle)
+    vertex = np.zeros((count, 3))
+    for ring in range(2):  # triangle -> vertex (-> triangle -> vertex): a two-ring smoothing
+        repeated = np.tile(normals, (3, 1))
+        vertex = np.stack([np.bincount(flat, weights=repeated[:, k], minlength=count) for k in range(3)], axis=1)
+        if ring == 0:
+            normals = vertex[TRIANGLES].sum(axis=1)
+    return vertex
+
+
+def texture_sources(
+    xy: npt.NDArray[np.float64],
+    z: npt.NDArray[np.float64] | None,
+    min_facing: float,
+    size: int | None = None,
+    skin: npt.NDArray[np.uint8] | None = None,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_]]:
+    """Per tessellation triangle, the reference vertices its texture comes from, and whether it has any.
+
+    A triangle visible in the reference (facing the camera, and not hidden
+    behind the nose: a depth test over the ``size``-pixel texture; showing
+    ``skin`` where that is given) uses its own texture; one that is not (the far cheek of a turned reference) uses its
+    mirror image on the other side of the face when that one is visible (a face
+    is nearly symmetric, and paste-back relights it like the live face);
+    otherwise none.
+    """
+    mirrored = TRIANGLES_MIRRORED
+    own = triangle_facing(xy, z) > min_facing
+    mirror_ok = facing_of(mirrored, xy, z) > min_facing
+    if z is not None and size is not None:
+        own &= visible_in_image(xy, z, TRIANGLES, size, skin) > 0.5
+        mirror_ok &= visible_in_image(xy, z, mirrored, size, skin) > 0.5
+    sources = np.where((own | ~mirror_ok)[:, None], TRIANGLES, mirrored).astype(np.int32)
+    return sources, own | mirror_ok
 
 
 def similarity_3d(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -178,14 +229,16 @@ def fill_from_neighbours(map_xy: npt.NDArray[np.float32], covered: npt.NDArray[n
 
 
 def close_and_extend(map_xy: npt.NDArray[np.float32], covered: npt.NDArray[np.float32], rim: int = 2) -> None:
-    """Fill small enclosed holes of the map, and extend it ``rim`` cells beyond the mesh's outline.
+    """Fill small enclosed holes of the map (up to ~8 cells), and extend it ``rim`` cells beyond the mesh's outline.
 
     The extension lets the blend mask follow the live outline with sub-pixel
     precision instead of the grid's stair steps (the texture there is the
     outline's own, continued); holes left by culled triangles stay holes.
     """
-    closed = cv2.morphologyEx(covered, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0.0)
-    fill_from_neighbours(map_xy, covered, closed > 0.5)
+    closed = cv2.morphologyEx(covered, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0.0)
+    holes = closed > 0.5
+    for _ in range(3):  # each pass reaches two cells further into a hole
+        fill_from_neighbours(map_xy, covered, holes)
     for _ in range(rim):
         grown = cv2.dilate(covered, np.ones((3, 3), np.uint8))
         fill_from_neighbours(map_xy, covered, grown > 0.5)
@@ -207,7 +260,9 @@ class MeshSwapper:
         if mouth_openness(xy) > cfg.mouth_inpaint:
             texture = close_mouth(texture, xy)
         depth = (landmarks.points[:, 2] * float(matrix[0, 0])).astype(np.float32)
-        return MeshIdentity(texture=texture, landmarks=xy, depth=depth, valid=skin_validity(texture, xy))
+        valid = skin_validity(texture, xy)
+        sources, usable = texture_sources(xy.astype(np.float64), depth.astype(np.float64), cfg.min_facing, size, valid)
+        return MeshIdentity(texture=texture, landmarks=xy, depth=depth, valid=valid, usable=usable, sources=sources)
 
     # --- per frame ----------------------------------------------------------------
     def prepare(self, frame: Image, landmarks: FaceLandmarks) -> FaceCrop:
@@ -266,63 +321,24 @@ class MeshSwapper:
         src = identity.landmarks.astype(np.float64)
         live_z = dst_z.astype(np.float64) if dst_z is not None else None
         ref_z = identity.depth.astype(np.float64) if identity.depth is not None else None
-        usable = (triangle_facing(dst, live_z) > 0.0) & (triangle_facing(src, ref_z) > self.config.min_facing)
+        sources = identity.sources if identity.usable is not None and identity.sources is not None else None
+        if sources is None:
+            sources, ref_ok = texture_sources(src, ref_z, self.config.min_facing, int(identity.texture.shape[0]))
+        else:
+            ref_ok = identity.usable
+        usable = (triangle_facing(dst, live_z) > 0.0) & ref_ok
         tris = TRIANGLES[usable]
         dst_tri = dst[tris]  # (T, 3, 2)
-        src_tri = src[tris]
+        src_tri = src[sources[usable]]
         z_tri = live_z[tris] if live_z is not None else np.zeros(tris.shape, dtype=np.float64)
-        d_inv = barycentric_inverse(dst_tri)
-        lo = np.ceil((dst_tri.min(axis=1) - offset) / step).astype(np.int64)
-        hi = np.floor((dst_tri.max(axis=1) - offset) / step).astype(np.int64)
-        lo = np.clip(lo, 0, grid_n - 1)
-        hi = np.clip(hi, -1, grid_n - 1)
-        extent = (hi - lo).max(axis=1) + 1
-        cells_x: list[np.ndarray] = []
-        cells_y: list[np.ndarray] = []
-        weights: list[np.ndarray] = []
-        sources: list[np.ndarray] = []
-        bucket_lo = 0
-        for bucket_hi in (2, 4, 8, 16, 32, 10**6):
-            members = np.flatnonzero((extent > bucket_lo) & (extent <= bucket_hi))
-            bucket_lo = bucket_hi
-            if members.size == 0:
-                continue
-            window = int(extent[members].max())
-            wy, wx = np.mgrid[0:window, 0:window]
-            cx = lo[members, 0:1] + wx.ravel()[None, :]
-            cy = lo[members, 1:2] + wy.ravel()[None, :]
-            inside_box = (cx <= hi[members, 0:1]) & (cy <= hi[members, 1:2])
-            row, cell = np.nonzero(inside_box)
-            gx = cx[row, cell]
-            gy = cy[row, cell]
-            tri_index = members[row]
-            inv = d_inv[tri_index]
-            px = gx * step + offset
-            py = gy * step + offset
-            bary = inv[:, :, 0] * px[:, None] + inv[:, :, 1] * py[:, None] + inv[:, :, 2]
-            inside = (bary >= -1e-6).all(axis=1)
-            cells_x.append(gx[inside])
-            cells_y.append(gy[inside])
-            weights.append(bary[inside])
-            sources.append(tri_index[inside])
         map_xy = np.full((grid_n, grid_n, 2), -1.0, dtype=np.float32)
         covered = np.zeros((grid_n, grid_n), dtype=np.float32)
-        if cells_x:
-            gx_all = np.concatenate(cells_x)
-            gy_all = np.concatenate(cells_y)
-            bary_all = np.concatenate(weights)
-            tri_all = np.concatenate(sources)
-            # Depth test: where triangles overlap, the nearest one (smallest depth) wins.
-            depth = np.einsum("ni,ni->n", bary_all, z_tri[tri_all])
-            cell_id = gy_all * grid_n + gx_all
-            order = np.lexsort((depth, cell_id))
-            sorted_cells = cell_id[order]
-            first = np.ones(order.size, dtype=bool)
-            first[1:] = sorted_cells[1:] != sorted_cells[:-1]
-            pick = order[first]
-            source = np.einsum("ni,nij->nj", bary_all[pick], src_tri[tri_all[pick]])
-            map_xy[gy_all[pick], gx_all[pick]] = source
-            covered[gy_all[pick], gx_all[pick]] = 1.0
+        cells = rasterise(dst_tri, z_tri, grid_n, step)
+        if cells is not None:
+            gx, gy, tri_index, bary = cells
+            source = np.einsum("ni,nij->nj", bary, src_tri[tri_index])
+            map_xy[gy, gx] = source
+            covered[gy, gx] = 1.0
             close_and_extend(map_xy, covered)
         if step != 1.0:
             map_xy = upsample_grid(map_xy, size, step)
@@ -336,6 +352,91 @@ class MeshSwapper:
             skin = cv2.remap(identity.valid, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             valid *= skin.astype(np.float32) * (1.0 / 255.0)
         return warped, valid
+
+
+def rasterise(
+    tri_xy: npt.NDArray[np.float64], tri_z: npt.NDArray[np.float64], grid_n: int, step: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
+    """Triangles (T, 3, 2) on a grid of cell centres (step·i + (step−1)/2), nearest first.
+
+    Returns, per covered cell, (gx, gy, triangle index, barycentric weights) of
+    the triangle that wins the depth test (smallest interpolated depth), or None.
+    Each triangle tests the cells of its own bounding box, in one vectorised
+    pass (triangles grouped by box size, so a few long slivers do not make every
+    triangle test a large window).
+    """
+    offset = (step - 1.0) / 2.0
+    d_inv = barycentric_inverse(tri_xy)
+    lo = np.clip(np.ceil((tri_xy.min(axis=1) - offset) / step).astype(np.int64), 0, grid_n - 1)
+    hi = np.clip(np.floor((tri_xy.max(axis=1) - offset) / step).astype(np.int64), -1, grid_n - 1)
+    extent = (hi - lo).max(axis=1) + 1
+    cells_x: list[np.ndarray] = []
+    cells_y: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    bucket_lo = 0
+    for bucket_hi in (2, 4, 8, 16, 32, 10**6):
+        members = np.flatnonzero((extent > bucket_lo) & (extent <= bucket_hi))
+        bucket_lo = bucket_hi
+        if members.size == 0:
+            continue
+        window = int(extent[members].max())
+        wy, wx = np.mgrid[0:window, 0:window]
+        cx = lo[members, 0:1] + wx.ravel()[None, :]
+        cy = lo[members, 1:2] + wy.ravel()[None, :]
+        row, cell = np.nonzero((cx <= hi[members, 0:1]) & (cy <= hi[members, 1:2]))
+        gx = cx[row, cell]
+        gy = cy[row, cell]
+        tri_index = members[row]
+        inv = d_inv[tri_index]
+        px = gx * step + offset
+        py = gy * step + offset
+        bary = inv[:, :, 0] * px[:, None] + inv[:, :, 1] * py[:, None] + inv[:, :, 2]
+        inside = (bary >= -1e-6).all(axis=1)
+        cells_x.append(gx[inside])
+        cells_y.append(gy[inside])
+        weights.append(bary[inside])
+        owners.append(tri_index[inside])
+    if not cells_x:
+        return None
+    gx_all = np.concatenate(cells_x)
+    gy_all = np.concatenate(cells_y)
+    bary_all = np.concatenate(weights)
+    tri_all = np.concatenate(owners)
+    depth = np.einsum("ni,ni->n", bary_all, tri_z[tri_all])
+    cell_id = gy_all * grid_n + gx_all
+    order = np.lexsort((depth, cell_id))
+    sorted_cells = cell_id[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = sorted_cells[1:] != sorted_cells[:-1]
+    pick = order[first]
+    return gx_all[pick], gy_all[pick], tri_all[pick], bary_all[pick]
+
+
+def visible_in_image(
+    xy: npt.NDArray[np.float64],
+    z: npt.NDArray[np.float64],
+    tris: npt.NDArray[np.int32],
+    size: int,
+    skin: npt.NDArray[np.uint8] | None = None,
+) -> npt.NDArray[np.float64]:
+    """Per triangle, the share of its pixels in the image where it is the nearest surface and (with ``skin``) skin.
+
+    0 means hidden (behind the nose of a turned face) or showing something else
+    (background or hair where FaceMesh puts the far cheek).
+    """
+    cells = rasterise(xy[tris], z[tris], size, 1.0)
+    if cells is None:
+        return np.zeros(len(tris))
+    gx, gy, owner, _ = cells
+    weight = None
+    if skin is not None:
+        weight = skin[np.clip(gy, 0, skin.shape[0] - 1), np.clip(gx, 0, skin.shape[1] - 1)].astype(np.float64) / 255.0
+    won = np.bincount(owner, weights=weight, minlength=len(tris)).astype(np.float64)
+    a, b, c = xy[tris[:, 0]], xy[tris[:, 1]], xy[tris[:, 2]]
+    area = 0.5 * np.abs((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1]))
+    # Triangles of a few pixels have too few samples to judge: they keep their facing verdict.
+    return np.where(area >= 12.0, np.minimum(won / np.maximum(area, 1e-9), 1.0), 1.0)
 
 
 def upsample_grid(grid: npt.NDArray[np.float32], size: int, step: float) -> npt.NDArray[np.float32]:

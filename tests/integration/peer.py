@@ -24,7 +24,8 @@ from mirage.detect.blazeface import BlazeFaceDetector
 from tests.faces import tom_hanks_path
 
 WIDTH, HEIGHT = 640, 480
-OUT_WIDTH, OUT_HEIGHT = 512, 384
+#: The server analyses a copy at most 512 px long but sends frames back at the camera's resolution.
+OUT_WIDTH, OUT_HEIGHT = WIDTH, HEIGHT
 
 
 def reference_bytes() -> bytes:
@@ -52,9 +53,11 @@ def client_config(url: str, api_key: str | None, *, fps: float = 15.0, audio: bo
 
 
 def sent_frame(number: int, fps: float = 15.0) -> np.ndarray:
-    """The exact frame the client sent with stamp ``number``, downscaled like the server does."""
+    """The exact frame the client sent with stamp ``number``, at the size the server sends frames back."""
     source = clip(fps)
     image = stamp(source.frame(number % len(source)), number)
+    if image.shape[:2] == (OUT_HEIGHT, OUT_WIDTH):
+        return image
     return cv2.resize(image, (OUT_WIDTH, OUT_HEIGHT), interpolation=cv2.INTER_AREA)
 
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from mirage.client.session import MirageSession, SessionRefused
-from tests.integration.peer import client_config, compare_to_sent, open_session
+from tests.integration.peer import HEIGHT, WIDTH, client_config, compare_to_sent, open_session
 from tests.integration.served import BATCH_WAIT_S, REPO, ServedApp
 
 pytestmark = pytest.mark.integration
@@ -38,6 +38,8 @@ async def _swapped_frames(session: MirageSession, want: int, timeout: float = 40
             continue
         if frame.number is None or frame.image is None:
             continue
+        # Frames come back at the resolution they were sent in (640x480), not the 512-px analysis copy.
+        assert frame.image.shape == (HEIGHT, WIDTH, 3), frame.image.shape
         check = compare_to_sent(frame.image, frame.number, FPS)
         checks.append(check)
         if check.swapped:
