@@ -53,6 +53,7 @@ from mirage.types import (
     SwapperName,
 )
 from mirage.video import video_frame_to_bgr
+from serve_app.breaker import StageBreakers
 from serve_app.media import LatestFramePump, OrderedVideoTrack, video_frame_like
 from serve_app.metrics import FrameRecord
 from serve_app.settings import FallbackPolicy, SessionSettings
@@ -294,8 +295,10 @@ class FrameProcessor:
         settings: SessionSettings,
         controls: SessionControls,
         clock: Callable[[], float] = time.monotonic,
+        breakers: StageBreakers | None = None,
     ) -> None:
         self._models = models
+        self._breakers = breakers
         self._prep = preparer
         self._settings = settings
         self.controls = controls
@@ -315,7 +318,14 @@ class FrameProcessor:
             self.controls.max_faces = max_faces
             self._tracker = self._new_tracker(max_faces)
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
+    async def _call(self, awaitable: Awaitable[T], stage: str) -> T:
+        """One model call within the deadline; through the stage's circuit breaker when there is one.
+
+        With breakers, a stage whose replica is dead costs one deadline, then its
+        calls fail at once (the frame falls back at the camera's rate) until a probe succeeds.
+        """
+        if self._breakers is not None:
+            return await self._breakers[stage].call(awaitable, self._deadline_s)
         # asyncio.timeout rather than wait_for: on 3.11, wait_for around a gather() that gets
         # cancelled leaves the gather's CancelledError unretrieved (an event-loop error).
         async with asyncio.timeout(self._deadline_s):
@@ -363,7 +373,7 @@ class FrameProcessor:
         if inputs.detector is not None:
             start = time.perf_counter()
             try:
-                dets = await self._call(self._models.detect(inputs.detector))
+                dets = await self._call(self._models.detect(inputs.detector), "detect")
                 if dets:
                     rois = tracker.rois_from_detections(dets)
             except Exception as exc:  # noqa: BLE001 - any failure degrades, never freezes
@@ -380,7 +390,7 @@ class FrameProcessor:
             try:
                 if mesh_items is None:
                     mesh_items = await asyncio.to_thread(self._prep.mesh_inputs, image, rois)
-                raw = list(await self._call(asyncio.gather(*(self._models.landmarks(i) for i in mesh_items))))
+                raw = list(await self._call(asyncio.gather(*(self._models.landmarks(i) for i in mesh_items)), "landmarks"))
             except Exception as exc:  # noqa: BLE001
                 stages["landmarks"] = (time.perf_counter() - start) * 1000.0
                 logger.debug("landmarks failed (%s)", type(exc).__name__)
@@ -408,7 +418,7 @@ class FrameProcessor:
         start = time.perf_counter()
         try:
             crops = await asyncio.to_thread(self._prep.crops, image, analysis.faces, swapper)
-            swapped = await self._call(self._swap(crops, identity, key, swapper, options))
+            swapped = await self._call(self._swap(crops, identity, key, swapper, options), "swap")
         except Exception as exc:  # noqa: BLE001
             stages["swap"] = (time.perf_counter() - start) * 1000.0
             logger.debug("swap failed (%s)", type(exc).__name__)

@@ -245,7 +245,9 @@ class Session:
 
         self._pump = LatestFramePump(self._video_in, on_drop=on_drop)
         self._pump.start()
-        self._processor = FrameProcessor(self._ctx.models, self._ctx.preparer, self._settings, self.controls)
+        self._processor = FrameProcessor(
+            self._ctx.models, self._ctx.preparer, self._settings, self.controls, breakers=self._ctx.breakers
+        )
         self._loop = VideoLoop(
             self._pump, self._processor, self._video_out, self._settings.max_side, on_frame, self._settings.max_output_side
         )

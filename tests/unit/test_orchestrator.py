@@ -319,3 +319,30 @@ def test_frame_path_converts_prepares_and_builds_the_outgoing_frame_in_its_hops(
             assert np.array_equal(rendered.frame.to_ndarray(format="bgr24"), rendered.image)
 
     asyncio.run(run())
+
+
+def test_a_dead_stage_costs_one_deadline_then_falls_back_at_once(local_models, identity, preparer) -> None:
+    """With the replica's circuit breakers, frames after the first late one do not wait for the deadline."""
+    from serve_app.breaker import BreakerConfig, StageBreakers
+
+    settings = SessionSettings(deadline_ms=200.0, fallback="blur")
+    controls = SessionControls(identity=identity, fallback="blur")
+    breakers = StageBreakers(config=BreakerConfig())
+    proc = FrameProcessor(Broken(local_models, "swap", "late"), preparer, settings, controls, breakers=breakers)
+    frames = _frames(6)
+
+    async def run() -> list[tuple[float, str | None]]:
+        timings = []
+        for i, image in enumerate(frames):
+            start = time.perf_counter()
+            analysis = await proc.analyze(image, i / 30.0)
+            out = await proc.render(image, analysis)
+            timings.append((time.perf_counter() - start, out.fallback))
+        return timings
+
+    timings = asyncio.run(run())
+    assert all(fallback == "blur" for _, fallback in timings), timings
+    assert timings[0][0] >= 0.19, "the first late call waits for its deadline"
+    late_after_open = [t for t, _ in timings[BreakerConfig().failures_to_open :]]
+    assert late_after_open and max(late_after_open) < 0.15, f"frames still wait on a dead stage: {timings}"
+    assert breakers["swap"].describe()["state"] in ("open", "half_open")
