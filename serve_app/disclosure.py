@@ -11,17 +11,17 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from mirage.disclosure import SYNTHETIC_NOTICE
+
+__all__ = ["SYNTHETIC_NOTICE", "SWAPPER_MODELS", "allowed_swappers", "is_commercial", "noncommercial_message",
+           "swapper_licences"]
+
 #: The manifest models each swapper runs on (detector, landmarks/identity, swap).
 SWAPPER_MODELS: dict[str, tuple[str, ...]] = {
     "mesh": ("blazeface_short", "facemesh"),
     "inswapper": ("inswapper_128_fp16", "scrfd_10g", "arcface_w600k_r50"),
 }
 
-#: The one sentence every client shows (web page, desktop client) and every answer carries.
-SYNTHETIC_NOTICE = (
-    "The video Mirage returns is synthetic (AI-modified): only use a face you have the right to use, "
-    "and tell the people who see it."
-)
 
 
 def noncommercial_message(swapper: str) -> str:

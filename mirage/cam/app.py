@@ -54,6 +54,7 @@ from mirage.client.session import (
     SessionRefused,
 )
 from mirage.client.stamp import BAND_WIDTH, BLOCK
+from mirage.disclosure import SYNTHETIC_NOTICE
 from mirage.types import Image
 from mirage.webrtc.guard import IcePolicy
 
@@ -220,12 +221,14 @@ class CamApp:
         self._sink_lock = threading.Lock()
         self._closing = False
         self._stopped = asyncio.Event()
+        self._disclosed = False
 
     # ------------------------------------------------------------ run
 
     async def run(self) -> None:
         """Run until ``seconds`` pass, Ctrl-C/SIGTERM, the window closes, or a fatal error (raised)."""
         loop = asyncio.get_running_loop()
+        self.disclose()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGTERM, self._stopped.set)
         tasks = [
@@ -254,6 +257,12 @@ class CamApp:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGTERM)
             self.status.finish()
+
+    def disclose(self) -> None:
+        """Print, once per run of the client, that the output is synthetic and the face must be yours to use."""
+        if not self._disclosed:
+            self._disclosed = True
+            self.status.notice(f"Note: {SYNTHETIC_NOTICE}")
 
     def stop(self) -> None:
         """Ask :meth:`run` to end (thread-unsafe; call on the loop)."""

@@ -45,6 +45,8 @@
     // A live session whose WebSocket dies (or goes silent: the server sends stats every
     // second) ends its peer connection at once and reconnects, a few times, with back-off.
     lastMessageAt: 0, reconnects: 0, reconnectTimer: null,
+    // Consent to use the face (asked once, remembered in this browser only) and the disclosure.
+    consent: false, synthetic: false,
   };
   const SILENCE_TIMEOUT_MS = 5000;
   const MAX_RECONNECTS = 5;
@@ -57,7 +59,7 @@
     document.body.dataset.state = phase;
     ui.ovState.textContent = phase;
     const busy = phase === "connecting" || phase === "live";
-    ui.start.disabled = busy || phase === "loading" || !state.reference;
+    ui.start.disabled = busy || phase === "loading" || !state.reference || !state.consent;
     ui.stop.disabled = !busy;
   }
 
@@ -124,6 +126,7 @@
     if (Number.isInteger(config.max_faces_limit) && config.max_faces_limit >= 1) ui.maxFaces.max = String(config.max_faces_limit);
     if (Number.isInteger(config.max_faces) && config.max_faces >= 1) ui.maxFaces.value = String(config.max_faces);
     ui.apiKeyField.hidden = !config.require_api_key;
+    renderLicences();
     // A page opened as /?token=… (a short-lived token from POST /token) uses it as its key.
     const token = new URLSearchParams(window.location.search).get("token");
     if (token && !ui.apiKey.value) ui.apiKey.value = token;
@@ -301,6 +304,11 @@
       showError("Choose a reference photo first.");
       return;
     }
+    if (!state.consent) {
+      showError("Confirm first that you have the right to use the face in the photo.");
+      ui.consent.hidden = false;
+      return;
+    }
     if (state.config.require_api_key && !ui.apiKey.value.trim()) {
       showError("This server requires an API key: enter it above.");
       ui.apiKey.focus();
@@ -321,8 +329,9 @@
 
     setStatus("Connecting…");
     const config = state.config;
+    const iceServers = await sessionIceServers();
     const pc = new RTCPeerConnection({
-      iceServers: config.ice_servers || [],
+      iceServers,
       iceTransportPolicy: config.force_relay ? "relay" : "all",
     });
     state.pc = pc;
@@ -444,6 +453,10 @@
         if (!state.pc) return;
         state.sessionId = message.session_id || null;
         if (message.note) showNotice(message.note);
+        if (message.synthetic) {
+          state.synthetic = true;
+          logEvent("the server marks the returned media as synthetic (AI-modified)");
+        }
         try {
           await state.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
         } catch (err) {
@@ -625,7 +638,7 @@
     setPhase("error");
     setStatus("Stopped.");
     // From "error" one can start again.
-    ui.start.disabled = !state.reference;
+    ui.start.disabled = !state.reference || !state.consent;
   }
 
   function stop() {
@@ -636,12 +649,85 @@
     setStatus("Stopped. Press Start to go live again.");
   }
 
+  // ------------------------------------------------------------------ consent and licences
+  // The person confirms once, before the first session, that they may use the face in the
+  // photo. The answer lives in this browser's localStorage only: it is never sent to the server.
+  const CONSENT_KEY = "mirage.consent.v1";
+  const CONSENT_TEXT = "Before your first session: confirm that you have the right to use the face in the photo " +
+    "you upload (it is your own face, or its owner agreed), and that you will tell the people who see the video " +
+    "that it is synthetic. Mirage returns AI-modified video; every swapped frame carries an \u201cAI-modified\u201d badge.";
+
+  function readConsent() {
+    try { return Boolean(window.localStorage.getItem(CONSENT_KEY)); } catch (err) { return false; }
+  }
+
+  function buildConsent() {
+    const box = document.createElement("div");
+    box.id = "consent";
+    box.className = "banner consent";
+    box.setAttribute("role", "dialog");
+    box.setAttribute("aria-labelledby", "consent-text");
+    const text = document.createElement("p");
+    text.id = "consent-text";
+    text.textContent = CONSENT_TEXT;
+    const accept = document.createElement("button");
+    accept.id = "consent-accept";
+    accept.type = "button";
+    accept.textContent = "I confirm I have the right to use this face";
+    accept.addEventListener("click", () => {
+      try { window.localStorage.setItem(CONSENT_KEY, new Date().toISOString()); } catch (err) { /* private mode: this page only */ }
+      state.consent = true;
+      box.hidden = true;
+      logEvent("consent confirmed (remembered in this browser only)");
+      setPhase(state.phase);
+    });
+    box.append(text, accept);
+    ui.start.parentElement.before(box);
+    ui.consent = box;
+    state.consent = readConsent();
+    box.hidden = state.consent;
+  }
+
+  function renderLicences() {
+    if (!ui.licences) {
+      ui.licences = document.createElement("p");
+      ui.licences.id = "licences";
+      ui.licences.className = "hint licences";
+      ui.swapper.after(ui.licences);
+    }
+    const config = state.config || {};
+    const rows = (config.licences && config.licences[ui.swapper.value]) || [];
+    const parts = rows.map((row) => `${row.title} (${row.model}): ${row.licence}` +
+      (row.commercial_use ? "" : " \u2014 non-commercial use only"));
+    ui.licences.textContent = rows.length
+      ? `Models in use for ${ui.swapper.value}: ${parts.join("; ")}.`
+      : `Models in use for ${ui.swapper.value}: see /debug/models for their licences.`;
+  }
+
+  async function sessionIceServers() {
+    // TURN credentials go only to an authenticated caller: ask /config again with the key.
+    const base = (state.config && state.config.ice_servers) || [];
+    const key = ui.apiKey.value.trim();
+    if (!state.config || !state.config.require_api_key || !key) return base;
+    try {
+      const response = await fetch(new URL("config", document.baseURI),
+        { cache: "no-store", headers: { "X-API-Key": key } });
+      if (!response.ok) return base;
+      const config = await response.json();
+      return Array.isArray(config.ice_servers) ? config.ice_servers : base;
+    } catch (err) {
+      return base;
+    }
+  }
+
+  buildConsent();
+
   // ------------------------------------------------------------------ wiring
 
   ui.reference.addEventListener("change", onReferenceChosen);
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", stop);
-  ui.swapper.addEventListener("change", () => onOptionChanged("Swapper"));
+  ui.swapper.addEventListener("change", () => { renderLicences(); onOptionChanged("Swapper"); });
   ui.maxFaces.addEventListener("change", () => onOptionChanged("Faces to swap"));
   ui.fallback.addEventListener("change", () => onOptionChanged("Fallback"));
   ui.mouthMask.addEventListener("change", () => onOptionChanged("Mouth mask"));

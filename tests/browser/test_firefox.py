@@ -149,6 +149,8 @@ def _grab(ff: FirefoxBidi, selector: str) -> np.ndarray | None:
 def _open_page(ff: FirefoxBidi, app: WebApp) -> None:
     ff.navigate(app.url)
     ff.wait_for("document.body.dataset.state === 'idle'", timeout=15)
+    ff.evaluate("(() => { const b = document.getElementById('consent-accept');"
+                " if (b && !document.getElementById('consent').hidden) b.click(); })()")
 
 
 def test_firefox_swaps_the_camera_live(page: FirefoxBidi, web_app: WebApp, camera_frames, artifacts: Path) -> None:  # type: ignore[no-untyped-def]
@@ -210,3 +212,34 @@ def test_firefox_checks_the_file_before_sending(page: FirefoxBidi, web_app: WebA
     page.wait_for("!document.getElementById('error').hidden", timeout=5)
     assert "not a JPEG, PNG or WebP" in _text(page, "#error")
     assert page.evaluate("document.getElementById('start').disabled")
+
+
+def test_firefox_asks_consent_once_and_shows_the_licence(page: FirefoxBidi, web_app: WebApp) -> None:
+    """The consent step in Firefox: shown on a fresh profile, blocks Start, remembered after a reload."""
+    ff = page
+    ff.navigate(web_app.url)
+    ff.wait_for("document.body.dataset.state === 'idle'", timeout=15)
+    ff.evaluate("localStorage.clear()")
+    ff.navigate(web_app.url)
+    ff.wait_for("document.body.dataset.state === 'idle'", timeout=15)
+    assert ff.evaluate("!document.getElementById('consent').hidden"), "a fresh browser must be asked for consent"
+    assert "right to use the face" in _text(ff, "#consent")
+    if web_app.api_key is not None:
+        ff.call("(key) => { document.getElementById('api-key').value = key; }", web_app.api_key)
+    ff.set_files("#reference", [tom_hanks_path()])
+    ff.wait_for("!document.getElementById('reference-preview').hidden", timeout=10)
+    assert ff.evaluate("document.getElementById('start').disabled"), "Start must wait for consent"
+    # Even a forced click starts nothing: no camera, no WebSocket, an explanation.
+    ff.evaluate("(() => { const s = document.getElementById('start'); s.disabled = false; s.click(); })()")
+    ff.wait_for("!document.getElementById('error').hidden", timeout=5)
+    assert "right to use the face" in _text(ff, "#error")
+    assert ff.evaluate("window.mirage.ws === null && window.mirage.pc === null && document.body.dataset.state === 'idle'")
+    licence = _text(ff, "#licences")
+    assert "mesh" in licence and "BlazeFace" in licence and "FaceMesh" in licence and "Apache-2.0" in licence, licence
+
+    ff.evaluate("document.getElementById('consent-accept').click()")
+    assert ff.evaluate("document.getElementById('consent').hidden")
+    assert ff.evaluate("Boolean(localStorage.getItem('mirage.consent.v1'))")
+    ff.navigate(web_app.url)
+    ff.wait_for("document.body.dataset.state === 'idle'", timeout=15)
+    assert ff.evaluate("document.getElementById('consent').hidden"), "consent is remembered in the browser"

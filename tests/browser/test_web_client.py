@@ -57,6 +57,8 @@ def _decode(data_url: str) -> np.ndarray:
 def _start_session(page, app: WebApp, reference: Path, *, api_key: str | None = None) -> None:  # type: ignore[no-untyped-def]
     page.goto(app.url)
     page.wait_for_function("document.body.dataset.state === 'idle'", timeout=15_000)
+    if page.is_visible("#consent-accept"):  # the consent step (tests/browser/test_consent.py)
+        page.click("#consent-accept")
     if app.api_key is not None:
         assert page.is_visible("#api-key"), "the page must ask for the API key the server requires"
         page.fill("#api-key", api_key if api_key is not None else app.api_key)
@@ -192,6 +194,8 @@ def test_page_takes_a_session_token_from_its_address(page, web_app: WebApp) -> N
     expired = mint_token(AuthSettings(api_key=web_app.api_key, require_api_key=True), now=time.time() - 3600).token
     page.goto(f"{web_app.url}?token={expired}")
     page.wait_for_function("document.body.dataset.state === 'idle'", timeout=15_000)
+    if page.is_visible("#consent-accept"):
+        page.click("#consent-accept")
     page.set_input_files("#reference", str(tom_hanks_path()))
     page.wait_for_function("!document.getElementById('start').disabled", timeout=10_000)
     page.click("#start")

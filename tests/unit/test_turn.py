@@ -64,3 +64,18 @@ def test_licences_and_noncommercial_filter() -> None:
     assert any("non-commercial" in row["licence"] for row in swapper_licences("inswapper"))
     assert allowed_swappers(["mesh", "inswapper"], False) == ["mesh"]
     assert allowed_swappers(["mesh", "inswapper"], True) == ["mesh", "inswapper"]
+
+
+def test_desktop_client_prints_the_notice_once() -> None:
+    import io
+
+    from mirage.cam.app import CamApp
+    from mirage.cam.status import StatusLine
+    from mirage.disclosure import SYNTHETIC_NOTICE
+
+    stream = io.StringIO()
+    app = CamApp(None, None, None, None, status=StatusLine(stream, tty=False))  # type: ignore[arg-type]
+    app.disclose()
+    app.disclose()
+    assert stream.getvalue().count(SYNTHETIC_NOTICE) == 1
+    assert "synthetic" in SYNTHETIC_NOTICE and "right to use" in SYNTHETIC_NOTICE
