@@ -372,9 +372,10 @@ class MirageIngress:
         provided = key_from_headers(request.headers)
         authed = s.auth.require_api_key and provided is not None and key_matches(s.auth, provided)
         swappers = allowed_swappers(await self._available_swappers(), s.session.allow_noncommercial)
+        ice_servers = with_turn_credential(ice_server_dicts(s.ice), s.ice, new_client_id() if authed else None)
         return {
-            "ice_servers": with_turn_credential(ice_server_dicts(s.ice), s.ice, new_client_id() if authed else None),
-            "turn_credentials": authed and bool(s.ice.turn_urls),
+            "ice_servers": ice_servers,
+            "turn_credentials": any("credential" in entry for entry in ice_servers),
             "synthetic_media": True,
             "synthetic_notice": SYNTHETIC_NOTICE,
             "allow_noncommercial": s.session.allow_noncommercial,
