@@ -143,6 +143,9 @@ def test_session_relayed_through_coturn(served: ServedApp, relay_app: str, turn:
                     # frames come back at the camera's size; compare at the analysis size
                     image = cv2.resize(frame.image, (OUT_WIDTH, OUT_HEIGHT), interpolation=cv2.INTER_AREA)
                     checks.append(compare_to_sent(image, frame.number, FPS))
+            await session.wait_frames(30, timeout=30)
+            lat = sorted(session.stats.latencies_ms)
+            print(f"relay glass-to-glass p50 {lat[len(lat) // 2]:.0f} ms over {len(lat)} frames" if lat else "no latencies")
             return pairs, checks, session.synthetic, session.stats.frames
         finally:
             await session.close()
