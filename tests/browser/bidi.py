@@ -43,6 +43,9 @@ PREFS: dict[str, Any] = {
     # Without a real getUserMedia grant Firefox hides host ICE candidates behind mDNS names
     # the server cannot resolve: show the plain addresses.
     "media.peerconnection.ice.obfuscate_host_addresses": False,
+    # The test server offers only 127.0.0.1 (tests pin every WebRTC peer to loopback): Firefox leaves
+    # loopback out of its own candidates unless told to gather it.
+    "media.peerconnection.ice.loopback": True,
     "browser.shell.checkDefaultBrowser": False,
     "browser.startup.page": 0,
     "browser.startup.homepage_override.mstone": "ignore",

@@ -47,7 +47,9 @@ def assert_swapped(received: np.ndarray, sent: np.ndarray, number: int) -> str:
     background[:band, : int(np.ceil(BAND_WIDTH * width / 640))] = False  # the stamp itself
     background[int(height * 0.8) :, int(width * 0.7) :] = False  # the "AI-modified" badge corner
     rest = diff[background].mean()
-    assert face > 20.0, f"frame {number}: the face region barely changed (mean diff {face:.1f})"
+    # The swapped face keeps the live face's shading and tone (issue 9), so the change is in the
+    # detail: an unswapped or blurred face stays well below this, and the sharpness check follows.
+    assert face > 12.0, f"frame {number}: the face region barely changed (mean diff {face:.1f})"
     assert rest < 10.0, f"frame {number}: the background changed too much (mean diff {rest:.1f})"
     assert face > 3 * rest
     # Swapped, not blurred by the fallback: the face keeps detail.
