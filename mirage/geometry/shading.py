@@ -8,10 +8,12 @@ for every swapper:
   face's low-frequency shading, so it is neither paler nor darker than the
   forehead, ears and neck around it (optionally its finest detail is boosted,
   up to ``max_detail_gain``, where the reference is softer than the live frame);
-- chroma: ``C_out = low_c(C_live)`` with a much finer low-pass — the live skin
-  tone and its colour variation (warm shadows, lips, cheeks) down to a few
-  pixels; identity lives in the luma detail, which stays the reference's. A
-  greyscale frame has no chroma, so it stays greyscale (snapped to exact grey).
+- chroma: ``C_out − 128 = (low_c(C_live) − 128) · Y_out / low_c(Y_live)`` with a
+  much finer low-pass — the live skin tone and its colour variation (warm
+  shadows, lips, cheeks) down to a few pixels, its saturation following the
+  output's own brightness (a darker patch of the same skin is not greyer);
+  identity lives in the luma detail, which stays the reference's. A greyscale
+  frame has no chroma, so it stays greyscale (snapped to exact grey).
 
 ``low`` is a normalised Gaussian low-pass inside the blend mask (pixels outside
 the face — hair, background — never leak into it), computed on a copy reduced
@@ -45,8 +47,8 @@ class ShadingConfig:
     ``enabled``: off restores the swapper's own colours.
     """
 
-    sigma: float = 0.06
-    chroma_sigma: float = 0.02
+    sigma: float = 0.04
+    chroma_sigma: float = 0.08
     max_detail_gain: float = 1.0
     ratio_range: tuple[float, float] = (0.4, 2.5)
     enabled: bool = True
@@ -135,7 +137,12 @@ def transfer_shading(
     if grey:
         out[..., 1:] = 128.0
     else:
-        out[..., 1:] = _NormalisedLowPass(weight, max(cfg.chroma_sigma * face_size, 1.6))(live_ycc[..., 1:])
+        fine = _NormalisedLowPass(weight, max(cfg.chroma_sigma * face_size, 1.6))
+        live_low = fine(live_ycc)
+        # Chroma offsets scale with luma for one skin colour (a shadow is as saturated as the lit
+        # cheek): where the swapped face is darker or brighter than the live one, so is its chroma.
+        scale = np.clip((out[..., 0] + 1.0) / (live_low[..., 0] + 1.0), 0.5, 2.0)[..., None]
+        out[..., 1:] = 128.0 + (live_low[..., 1:] - 128.0) * scale
     part = cv2.cvtColor(np.clip(np.rint(out), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2BGR)
     if grey:
         luma = cv2.cvtColor(part, cv2.COLOR_BGR2GRAY)
