@@ -260,7 +260,13 @@ class MeshSwapper:
         if mouth_openness(xy) > cfg.mouth_inpaint:
             texture = close_mouth(texture, xy)
         depth = (landmarks.points[:, 2] * float(matrix[0, 0])).astype(np.float32)
-        valid = skin_validity(texture, xy)
+        # Texels from outside the photo (a tightly cropped portrait) are edge pixels smeared outwards.
+        in_photo = cv2.warpAffine(
+            np.full(image.shape[:2], 255, np.uint8), matrix, (size, size), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+        )
+        in_photo = cv2.erode(in_photo, np.ones((3, 3), np.uint8))
+        valid = np.minimum(skin_validity(texture, xy), in_photo)
         sources, usable = texture_sources(xy.astype(np.float64), depth.astype(np.float64), cfg.min_facing, size, valid)
         return MeshIdentity(texture=texture, landmarks=xy, depth=depth, valid=valid, usable=usable, sources=sources)
 
