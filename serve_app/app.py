@@ -20,6 +20,8 @@ from ray.serve import Application
 
 from deployments.detector import DetectorConfig, FaceDetector
 from deployments.swapper import FaceSwapper, SwapperConfig
+from deployments.voice import VOICE_BATCH_WAIT_S, VOICE_MAX_BATCH_SIZE, VoiceConverter
+from mirage.voice.convert import VoiceCoreConfig
 from mirage.swap.mesh import MeshSwapConfig
 from serve_app.ingress import IngressConfig, MirageIngress
 from serve_app.settings import AuthSettings, FallbackPolicy, IceSettings, SessionSettings, Settings
@@ -119,6 +121,21 @@ class SwapperArgs(BatchedArgs):
     num_threads: int = Field(1, ge=1)
 
 
+class VoiceArgs(BatchedArgs):
+    """The VoiceConverter: every session's 20 ms voice chunks, batched across sessions.
+
+    A DSP batch of 8 chunks takes about 3 ms of one core: a tenth of a CPU is its share,
+    so the four replicas still start on a 2-core machine.
+    """
+
+    num_cpus: float = Field(0.1, gt=0.0)
+    max_batch_size: int = Field(VOICE_MAX_BATCH_SIZE, ge=1, le=64)
+    batch_wait_timeout_s: float = Field(VOICE_BATCH_WAIT_S, ge=0.0, le=1.0)
+    #: Load RVC voices when ContentVec and generators are provisioned (DSP disguise only when off).
+    rvc: bool = True
+    num_threads: int = Field(1, ge=1)
+
+
 class IngressArgs(DeploymentArgs):
     """The ingress: its own session cap, and ``max_ongoing_requests`` above it for the other routes."""
 
@@ -160,6 +177,7 @@ class AppArgs(_Args):
 
     detector: DetectorArgs = DetectorArgs()
     swapper: SwapperArgs = SwapperArgs()
+    voice: VoiceArgs = VoiceArgs()
     ingress: IngressArgs = IngressArgs()
     session: SessionArgs = SessionArgs()
     #: ICE/auth normally come from MIRAGE_* variables; these are defaults they override.
@@ -205,7 +223,7 @@ class AppArgs(_Args):
 
 
 def build_app(args: AppArgs) -> Application:
-    """The Mirage application: ingress → (FaceDetector, FaceSwapper)."""
+    """The Mirage application: ingress → (FaceDetector, FaceSwapper, VoiceConverter)."""
     if isinstance(args, dict):  # called directly with a plain dict
         args = AppArgs.model_validate(args)
     settings = Settings.from_env(base=args.base_settings())
@@ -242,19 +260,28 @@ def build_app(args: AppArgs) -> Application:
         )
     )
 
+    v = args.voice
+    voice = VoiceConverter.options(
+        name="VoiceConverter",
+        user_config=v.user_config(),
+        **v.serve_options(v.default_max_ongoing(2), args.replica_env_vars()),
+    ).bind(VoiceCoreConfig(rvc=v.rvc, num_threads=v.num_threads))
+
     ingress_opts = ingress_args.serve_options(max_ongoing, args.replica_env_vars())
     ingress = MirageIngress.options(
         name="MirageIngress",
         graceful_shutdown_timeout_s=ingress_args.graceful_shutdown_timeout_s,
         **ingress_opts,
-    ).bind(detector, swapper, settings, IngressConfig(detector_model=d.model, mesh=mesh))
+    ).bind(detector, swapper, settings, IngressConfig(detector_model=d.model, mesh=mesh), voice)
     logger.info(
-        "Mirage app: %d session(s) per ingress replica (max_ongoing_requests %d), detector %s, badge %s, fallback %s",
+        "Mirage app: %d session(s) per ingress replica (max_ongoing_requests %d), detector %s, badge %s, "
+        "fallback %s, voice for new sessions %s",
         cap,
         max_ongoing,
         d.model,
         "on" if settings.session.badge else "off",
         settings.session.fallback,
+        settings.voice.initial_selection().label,
     )
     return ingress
 

@@ -78,6 +78,16 @@ class SetOptions(_Strict):
     max_faces: Annotated[int, Field(ge=1, le=8)] | None = None
     mouth_mask: bool | None = None
     fallback: FallbackPolicy | None = None
+    #: The voice: ``off``, a preset, ``custom`` or ``rvc:NAME`` (mirage.voice.config); the numbers
+    #: override the preset's (ranges checked there, with their own sentence).
+    voice: Annotated[str, Field(min_length=1, max_length=80)] | None = None
+    pitch_semitones: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    formant: Annotated[float, Field(allow_inf_nan=False)] | None = None
+
+    def voice_options(self) -> dict[str, Any]:
+        """The voice fields this message sets (empty: it does not touch the voice)."""
+        fields = {"voice": self.voice, "pitch_semitones": self.pitch_semitones, "formant": self.formant}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 class Ping(_Strict):

@@ -179,7 +179,9 @@ def static_response(path: str, root: Path = STATIC_DIR) -> Response:
 )
 @serve.ingress(app)
 class MirageIngress:
-    def __init__(self, detector: Any, swapper: Any, settings: Settings, config: IngressConfig | None = None) -> None:
+    def __init__(
+        self, detector: Any, swapper: Any, settings: Settings, config: IngressConfig | None = None, voice: Any = None
+    ) -> None:
         enable_info_logs()
         self.config = config or IngressConfig()
         self.settings = settings
@@ -191,7 +193,10 @@ class MirageIngress:
         self.models = ServeModelClient(detector, swapper)
         self._detector = detector
         self._swapper = swapper
+        #: The VoiceConverter's handle (None: sessions' voices are disguised here, in the ingress).
+        self._voice = voice
         self.ctx = SessionContext(
+            voice=voice,
             settings=settings,
             models=self.models,
             preparer=FramePreparer(self.config.detector_model, self.config.mesh),
@@ -331,7 +336,36 @@ class MirageIngress:
 
     @app.get("/metrics")
     async def metrics(self) -> dict[str, Any]:
-        return self.stats.snapshot(sessions=self.registry.count)
+        body = self.stats.snapshot(sessions=self.registry.count)
+        body["voice"] = await self._voice_metrics()
+        return body
+
+    async def _voice_metrics(self) -> dict[str, Any]:
+        """This replica's voice counters (chunks, fallbacks, timeouts, delay) and the converter's batches."""
+        live = [v for v in (s.voice_stats() for s in self.registry.sessions()) if v is not None]
+        out = self.ctx.voice_totals.snapshot(live)
+        if self._voice is None:
+            out["converter"] = {"where": "ingress (no VoiceConverter deployment)"}
+            return out
+        try:
+            stats = await asyncio.wait_for(self._voice.stats.remote(), 5.0)
+        except Exception as exc:  # noqa: BLE001 - the session counters still answer
+            out["converter"] = {"error": f"unavailable ({type(exc).__name__})"}
+            return out
+        convert = stats.get("methods", {}).get("convert", {})
+        out["converter"] = {
+            "batches": convert.get("batches", 0),
+            "items": convert.get("items", 0),
+            "errors": convert.get("errors", 0),
+            "max_batch_size": convert.get("max_batch_size", 0),
+            "mean_batch_size": convert.get("mean_batch_size", 0.0),
+            "mean_batch_ms": convert.get("mean_batch_ms", 0.0),
+            "batch_size_histogram": convert.get("batch_size_histogram", {}),
+            "chunks": stats.get("chunks", {}),
+            "chunk_errors": stats.get("errors", {}),
+            "dsp_latency_ms": stats.get("dsp_latency_ms"),
+        }
+        return out
 
     @app.get("/metrics/pacing")
     async def pacing(self) -> dict[str, Any]:
@@ -345,7 +379,10 @@ class MirageIngress:
     async def deployment_stats(self) -> dict[str, Any]:
         """Batch statistics of the model deployments (the replica each call reaches)."""
         out: dict[str, Any] = {}
-        for name, handle in (("detector", self._detector), ("swapper", self._swapper)):
+        handles = [("detector", self._detector), ("swapper", self._swapper)]
+        if self._voice is not None:
+            handles.append(("voice", self._voice))
+        for name, handle in handles:
             try:
                 out[name] = await asyncio.wait_for(handle.stats.remote(), 10.0)
             except Exception as exc:  # noqa: BLE001
@@ -393,6 +430,8 @@ class MirageIngress:
             "require_api_key": s.auth.require_api_key,
             "max_reference_bytes": s.session.max_reference_bytes,
             "max_reference_side": s.session.max_reference_side,
+            "voices": await self.ctx.available_voices(),
+            "default_voice": s.voice.initial_selection().to_dict(),
         }
 
     @app.get("/webrtc/ping")

@@ -21,13 +21,15 @@ import secrets
 import time
 import weakref
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from mirage.client.jitter import use_marker_frames
 from mirage.types import SwapOptions
+from mirage.voice.config import PRESETS, VoiceError, VoiceSelection, selection_from_options
+from mirage.voice.track import VoiceTrack
 from mirage.webrtc.guard import DropCounters, guard_peer_connection
 from serve_app.auth import key_matches, rejection_message
 from serve_app.breaker import StageBreakers
@@ -48,10 +50,11 @@ from serve_app.control import (
 )
 from serve_app.disclosure import is_commercial, noncommercial_message
 from serve_app.ice import fingerprint_problem, has_receivable_video, ice_policy, prefer_codec, rtc_configuration
-from serve_app.media import DelayedAudioTrack, LatestFramePump, OrderedVideoTrack, cancel_and_wait
+from serve_app.media import LatestFramePump, OrderedVideoTrack, cancel_and_wait
 from serve_app.metrics import FrameMetricsSink, FrameRecord, NullSink, RollingStats
 from serve_app.orchestrator import FramePreparer, FrameProcessor, ModelClient, SessionControls, VideoLoop
 from serve_app.settings import Settings
+from serve_app.voice import VoiceTotals, deployment_convert, local_convert, local_core, voice_track
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +116,34 @@ class SessionContext:
     sink: FrameMetricsSink = field(default_factory=NullSink)
     #: Per-stage circuit breakers shared by this replica's sessions (serve_app.breaker).
     breakers: StageBreakers = field(default_factory=StageBreakers)
+    #: The VoiceConverter deployment's handle; None: voices are converted in this process.
+    voice: Any = None
+    #: Voice counters of this replica's ended sessions (for /metrics).
+    voice_totals: VoiceTotals = field(default_factory=VoiceTotals)
+    _local_voice: Any = None
+    _voices: list[str] | None = None
+
+    def voice_convert(self) -> Any:
+        """The voice pump's call: the deployment, or (no handle) a converter core of this process."""
+        if self.voice is not None:
+            return deployment_convert(self.voice)
+        if self._local_voice is None:
+            self._local_voice = local_core()
+        return local_convert(self._local_voice)
+
+    async def available_voices(self) -> list[str]:
+        """What ``set_options`` may choose (the deployment's ``available_voices``, asked once and kept)."""
+        if self._voices is None:
+            if self.voice is None:
+                if self._local_voice is None:
+                    self._local_voice = local_core()
+                return list(self._local_voice.available_voices())
+            try:
+                self._voices = list(await asyncio.wait_for(self.voice.available_voices.remote(), 10.0))
+            except Exception as exc:  # noqa: BLE001 - the presets are always there (the ingress disguises locally)
+                logger.warning("could not ask the voice converter for its voices (%s)", type(exc).__name__)
+                return ["off", *PRESETS, "custom"]
+        return list(self._voices)
 
 
 @dataclass
@@ -155,7 +186,9 @@ class Session:
         self._video_in: Any = None
         self._audio_in: Any = None
         self._video_out: OrderedVideoTrack | None = None
-        self._audio_out: DelayedAudioTrack | None = None
+        self._audio_out: VoiceTrack | None = None
+        #: The voice this session asked for (or the server's default), applied to the track when it exists.
+        self.voice: VoiceSelection = ctx.settings.voice.initial_selection()
         self._pump: LatestFramePump | None = None
         self._processor: FrameProcessor | None = None
         self._loop: VideoLoop | None = None
@@ -219,7 +252,9 @@ class Session:
         self._pc.addTrack(self._video_out)
         if self._audio_in is not None:
             delay = (lambda: self.counters.latency_ema_ms / 1000.0) if self._settings.audio_sync else (lambda: 0.0)
-            self._audio_out = DelayedAudioTrack(self._audio_in, delay)
+            defaults = replace(self._ctx.settings.voice, enable=False)
+            self._audio_out = voice_track(self._audio_in, defaults, self._ctx.voice_convert(), delay)
+            self._audio_out.pump.stream.set_selection(self.voice)
             self._pc.addTrack(self._audio_out)
         try:
             await self._pc.setLocalDescription(await self._pc.createAnswer())
@@ -350,7 +385,29 @@ class Session:
             self.controls.options = SwapOptions(mouth_mask=msg.mouth_mask, coverage=self.controls.options.coverage)
         if msg.fallback is not None:
             self.controls.fallback = msg.fallback
+        voice = msg.voice_options()
+        if voice:
+            try:
+                selection = selection_from_options(voice, current=self.voice)
+            except VoiceError as exc:
+                raise ControlError("bad_request", str(exc), msg.id) from None
+            if selection is not None:
+                if selection.kind == "rvc" and selection.rvc_model not in await self._available_rvc():
+                    raise ControlError(
+                        "bad_request", f"The voice rvc:{selection.rvc_model} is not provisioned on this server.", msg.id
+                    )
+                self.voice = selection
+                if self._audio_out is not None:
+                    self._audio_out.pump.stream.set_selection(selection)
         return ack_message(msg.id, note)
+
+    async def _available_rvc(self) -> set[str]:
+        voices = await self._ctx.available_voices()
+        return {v[4:] for v in voices if v.startswith("rvc:")}
+
+    def voice_stats(self) -> dict[str, Any] | None:
+        """The voice pump's counters (None: no audio in this session)."""
+        return self._audio_out.pump.stats() if self._audio_out is not None else None
 
     # --- the session request ------------------------------------------------------------
     async def send(self, ws: Any, message: dict[str, Any]) -> None:
@@ -448,6 +505,9 @@ class Session:
             self._video_out.stop()
         if self._audio_out is not None:
             self._audio_out.stop()
+            self._ctx.voice_totals.add(self._audio_out.pump.stats())
+            with contextlib.suppress(Exception):
+                await self._audio_out.pump.close(drain_s=0.0)
         await cancel_and_wait(list(self._tasks))
         try:
             await self._pc.close()
@@ -479,6 +539,8 @@ class Session:
             "fallback": self.controls.fallback,
             "mouth_mask": self.controls.options.mouth_mask,
             "has_audio": self._audio_in is not None,
+            "voice": self.voice.to_dict(),
+            "voice_stats": self.voice_stats(),
             "frames_in": pump.received if pump else 0,
             "frames_out": self.counters.frames_out,
             "dropped": pump.dropped if pump else 0,

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
+from mirage.voice.config import DEFAULT_CHUNK_MS, VoiceDefaults, VoiceError, parse_voice
+
 logger = logging.getLogger(__name__)
 
 FallbackPolicy = Literal["blur", "hold", "passthrough"]
@@ -182,6 +184,8 @@ class Settings:
     ice: IceSettings = field(default_factory=IceSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
+    #: The voice of new sessions (MIRAGE_VOICE_ENABLE, off by default), its chunk and fallback.
+    voice: VoiceDefaults = field(default_factory=VoiceDefaults)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, base: Settings | None = None) -> Settings:
@@ -226,4 +230,29 @@ class Settings:
                 env, "MIRAGE_MAX_SESSIONS_PER_REPLICA", s.max_sessions_per_replica, 1, 1024
             ),
         )
-        return cls(ice=ice, auth=auth, session=session)
+        return cls(ice=ice, auth=auth, session=session, voice=_voice_from_env(env, base.voice))
+
+
+def _voice_from_env(env: Mapping[str, str], base: VoiceDefaults) -> VoiceDefaults:
+    """MIRAGE_VOICE_ENABLE (new sessions start disguised), MIRAGE_VOICE_DEFAULT, _CHUNK_MS, _FALLBACK.
+
+    Like the other variables, a value that cannot be used is logged and the default kept; the
+    voice itself is never left on the real voice because of a typo in the preset's name: a bad
+    MIRAGE_VOICE_DEFAULT keeps the default preset.
+    """
+    enable = env_flag(env, "MIRAGE_VOICE_ENABLE", base.enable)
+    default_voice = env.get("MIRAGE_VOICE_DEFAULT", "").strip() or base.default_voice
+    try:
+        parse_voice(default_voice)
+    except VoiceError as exc:
+        logger.warning("MIRAGE_VOICE_DEFAULT: %s Keeping %s.", exc, base.default_voice)
+        default_voice = base.default_voice
+    chunk_ms = _env_int(env, "MIRAGE_VOICE_CHUNK_MS", base.chunk_ms, 5, 100)
+    if chunk_ms % 5:
+        logger.warning("MIRAGE_VOICE_CHUNK_MS=%d is not a multiple of 5 ms; using %d", chunk_ms, DEFAULT_CHUNK_MS)
+        chunk_ms = DEFAULT_CHUNK_MS
+    fallback = env.get("MIRAGE_VOICE_FALLBACK", "").strip().lower() or base.fallback
+    if fallback not in ("local", "mute"):
+        logger.warning("MIRAGE_VOICE_FALLBACK=%r is not local or mute; keeping %s", fallback, base.fallback)
+        fallback = base.fallback
+    return VoiceDefaults(enable=enable, default_voice=default_voice, chunk_ms=chunk_ms, fallback=fallback)  # type: ignore[arg-type]

@@ -15,7 +15,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
 
 def _deployments(app):  # type: ignore[no-untyped-def]
     ingress = app._bound_deployment
-    return {"MirageIngress": ingress, **{a._bound_deployment.name: a._bound_deployment for a in ingress.init_args[:2]}}
+    models = [*ingress.init_args[:2], *ingress.init_args[4:5]]  # detector, swapper, (settings, config), voice
+    return {"MirageIngress": ingress, **{a._bound_deployment.name: a._bound_deployment for a in models}}
 
 
 def test_serve_config_builds_with_fractional_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,14 +27,14 @@ def test_serve_config_builds_with_fractional_cpus(monkeypatch: pytest.MonkeyPatc
     assert app_cfg["import_path"] == "serve_app.app:build_app" and app_cfg["route_prefix"] == "/"
     assert "request_timeout_s" not in config.get("http_options", {}), "sessions are long-lived requests"
     deployments = _deployments(build_app(AppArgs.model_validate(app_cfg["args"])))
-    assert set(deployments) == {"MirageIngress", "FaceDetector", "FaceSwapper"}
+    assert set(deployments) == {"MirageIngress", "FaceDetector", "FaceSwapper", "VoiceConverter"}
     total = 0.0
     for name, d in deployments.items():
         cpus = d.ray_actor_options["num_cpus"]
         assert 0 < cpus < 1, f"{name} must ask for a fraction of a CPU, not {cpus}"
         total += cpus
-    assert total <= 2.0, "the three replicas fit a 2-core machine"
-    for name in ("FaceDetector", "FaceSwapper"):
+    assert total <= 2.0, "the four replicas fit a 2-core machine"
+    for name in ("FaceDetector", "FaceSwapper", "VoiceConverter"):
         d = deployments[name]
         assert d.max_ongoing_requests >= d.user_config["max_batch_size"]
     assert deployments["MirageIngress"].max_ongoing_requests > app_cfg["args"]["ingress"]["max_sessions_per_replica"]
@@ -85,3 +86,28 @@ def test_drain_detection_from_serve_details() -> None:
     assert replica_state(details("DELETING", []), me) == "stopping"
     assert replica_state(details("RUNNING", [{"actor_id": "zz", "replica_id": "other", "pid": 7, "state": "RUNNING"}]), me) == "missing"
     assert replica_state({"applications": {}}, me) == "missing"
+
+
+def test_voice_converter_is_the_fourth_deployment_with_user_config() -> None:
+    deployments = _deployments(build_app(AppArgs.model_validate({"voice": {"max_batch_size": 8, "batch_wait_timeout_s": 0.004}})))
+    voice = deployments["VoiceConverter"]
+    assert voice.user_config == {"max_batch_size": 8, "batch_wait_timeout_s": 0.004, "compute_in_thread": False}
+    assert 0 < voice.ray_actor_options["num_cpus"] <= 0.25
+    assert voice.max_ongoing_requests >= 8
+    with pytest.raises(ValidationError, match="batches can never fill"):
+        AppArgs.model_validate({"voice": {"max_batch_size": 16, "max_ongoing_requests": 4}})
+
+
+def test_voice_enable_is_read_once_into_settings() -> None:
+    from mirage.voice.config import OFF
+    from serve_app.settings import Settings
+
+    assert Settings.from_env({}).voice.initial_selection() == OFF  # off by default
+    on = Settings.from_env({"MIRAGE_VOICE_ENABLE": "1"}).voice
+    assert on.enable and on.initial_selection().name == "disguise"
+    deep = Settings.from_env({"MIRAGE_VOICE_ENABLE": "yes", "MIRAGE_VOICE_DEFAULT": "deep", "MIRAGE_VOICE_FALLBACK": "mute"}).voice
+    assert deep.initial_selection().params.pitch_semitones == -5.0 and deep.fallback == "mute"
+    # Unusable values are logged and the defaults kept, like the other MIRAGE_* variables.
+    odd = Settings.from_env({"MIRAGE_VOICE_ENABLE": "1", "MIRAGE_VOICE_DEFAULT": "chipmunk", "MIRAGE_VOICE_CHUNK_MS": "23"}).voice
+    assert odd.initial_selection().name == "disguise" and odd.chunk_ms == 20
+    assert not Settings.from_env({"MIRAGE_VOICE_ENABLE": "maybe"}).voice.enable

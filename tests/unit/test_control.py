@@ -263,3 +263,21 @@ def test_the_client_frames_binary_messages_as_the_server_reads_them() -> None:
     assert client.BINARY_MAGIC == control.BINARY_MAGIC
     header, photo = control.split_binary(client.pack_binary({"type": "set_reference", "id": 2}, b"abc"))
     assert json.loads(header) == {"type": "set_reference", "id": 2} and photo == b"abc"
+
+
+def test_set_options_voice_fields_are_strict() -> None:
+    from serve_app.control import SetOptions
+
+    msg = parse_control(json.dumps({"type": "set_options", "id": 5, "voice": "deep", "pitch_semitones": -4, "formant": 0.9}))
+    assert isinstance(msg, SetOptions)
+    assert msg.voice_options() == {"voice": "deep", "pitch_semitones": -4.0, "formant": 0.9}
+    assert parse_control('{"type": "set_options", "id": 6, "max_faces": 2}').voice_options() == {}  # type: ignore[union-attr]
+    for bad, field in (
+        ({"voice": 3}, "voice"),
+        ({"voice": ""}, "voice"),
+        ({"pitch_semitones": "3"}, "pitch_semitones"),
+        ({"formant": True}, "formant"),
+    ):
+        with pytest.raises(ControlError) as err:
+            parse_control(json.dumps({"type": "set_options", "id": 7, **bad}))
+        assert field in err.value.message and err.value.request_id == 7

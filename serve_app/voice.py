@@ -1,0 +1,101 @@
+"""A session's voice path in the ingress: the VoicePump on the VoiceConverter's handle, and the replica's totals.
+
+``voice_track`` builds what replaces the pass-through audio track: a
+:class:`~mirage.voice.track.VoiceTrack` whose pump calls the deployment
+(``handle.convert.remote(chunk)``) with a deadline; a call that fails or is
+late is disguised here with the stream's DSP state (or muted), so with the
+voice on the real voice never goes out (docs/voice.md). Without a handle (an
+ingress built alone, in tests) the chunks are converted in this process by
+the same converter core.
+
+:class:`VoiceTotals` keeps the counters of this replica's ended sessions, so
+``/metrics`` reports chunks, fallbacks and timeouts over the replica's life,
+not only over the sessions open now. No audio is kept, only counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from aiortc.mediastreams import MediaStreamTrack
+
+from mirage.voice.config import VoiceDefaults
+from mirage.voice.convert import VoiceChunk, VoiceConverterCore, VoiceCoreConfig, VoiceResult
+from mirage.voice.pump import Convert, VoicePump
+from mirage.voice.stream import VoiceStream
+from mirage.voice.track import VoiceTrack
+
+#: A voice call slower than this is disguised locally instead (5 chunks of 20 ms).
+VOICE_DEADLINE_S = 0.1
+#: Counters of ``VoicePump.stats()`` that add up across sessions.
+SUMMED = ("chunks", "converted", "fallbacks", "muted", "resets", "timeouts", "errors", "dropped")
+
+
+def deployment_convert(handle: Any) -> Convert:
+    """The pump's call: one chunk to the VoiceConverter deployment (batched there with other sessions')."""
+
+    def convert(chunk: VoiceChunk) -> Any:
+        return handle.convert.remote(chunk)
+
+    return convert
+
+
+def local_convert(core: VoiceConverterCore) -> Convert:
+    """The pump's call without a deployment: the same core, in this process's executor."""
+
+    async def convert(chunk: VoiceChunk) -> VoiceResult:
+        return (await asyncio.to_thread(core.convert_batch, [chunk]))[0]
+
+    return convert
+
+
+def local_core() -> VoiceConverterCore:
+    return VoiceConverterCore(VoiceCoreConfig(rvc=False))
+
+
+def voice_track(
+    source: MediaStreamTrack,
+    defaults: VoiceDefaults,
+    convert: Convert,
+    delay_s: Callable[[], float],
+    deadline_s: float = VOICE_DEADLINE_S,
+) -> VoiceTrack:
+    """The session's outgoing audio: the incoming track's voice, converted (or passed when off), in order."""
+    stream = VoiceStream(defaults.initial_selection(), fallback=defaults.fallback)
+    pump = VoicePump(stream, convert=convert, deadline_s=deadline_s)
+    return VoiceTrack(source, pump, delay_s)
+
+
+class VoiceTotals:
+    """Voice counters of this replica's ended sessions, and the sum with the open ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ended: dict[str, float] = {k: 0 for k in SUMMED}
+        self.sessions_ended = 0
+
+    def add(self, stats: Mapping[str, float]) -> None:
+        with self._lock:
+            for key in SUMMED:
+                self._ended[key] += stats.get(key, 0)
+            self.sessions_ended += 1
+
+    def snapshot(self, live: Iterable[Mapping[str, float]]) -> dict[str, Any]:
+        with self._lock:
+            total = dict(self._ended)
+        delays: list[float] = []
+        sessions = 0
+        for stats in live:
+            sessions += 1
+            for key in SUMMED:
+                total[key] += stats.get(key, 0)
+            if stats.get("chunks", 0):
+                delays.append(float(stats.get("delay_ms", 0.0)))
+        out: dict[str, Any] = {k: int(v) for k, v in total.items()}
+        out["sessions_with_audio"] = sessions
+        out["delay_ms_avg"] = round(sum(delays) / len(delays), 2) if delays else 0.0
+        out["delay_ms_max"] = round(max(delays), 2) if delays else 0.0
+        return out

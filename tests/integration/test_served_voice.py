@@ -1,0 +1,180 @@
+"""The voice in a real served session: espeak-ng speech in, the VoiceConverter deployment in the middle.
+
+One session of the served app (real Ray + Serve, aiortc over 127.0.0.1, Opus
+both ways) sends looped espeak-ng speech instead of the client's tone and
+keeps every returned audio frame. First the voice is off (the server's
+default): the returned voice keeps the sent F0 and follows the sent waveform.
+Then ``set_options {"voice": "deep"}``: the returned voice's median F0, judged
+by Praat (never the product's own code), moves by the preset's semitones
+within ±0.5 st and no longer follows the sent waveform. ``/config`` lists the
+voices, ``/metrics`` counts the converted chunks and the converter's batches,
+and the session's counters show the chunks went through the deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+import mirage.client.session as client_session
+from mirage.client.session import MirageSession
+from mirage.voice.audio import mono_to_frame
+from mirage.voice.config import PRESETS
+from tests.integration.peer import client_config
+from tests.integration.served import ServedApp
+from tests.voice_speech import SENTENCES, espeak_available, median_f0, speak
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (scripts/test.sh installs it)"),
+]
+
+RATE = 48000
+CHUNK = 960
+PRESET = "deep"
+#: Seconds of returned audio kept per phase (after SETTLE_S of each phase is dropped).
+PHASE_S = 4.0
+SETTLE_S = 1.0
+
+
+class LoopedSpeech(MediaStreamTrack):
+    """The client's microphone: espeak-ng speech looped, 20 ms stereo frames paced at real time."""
+
+    kind = "audio"
+
+    def __init__(self, _tone_hz: float | None = None) -> None:
+        super().__init__()
+        speech = speak(SENTENCES[0], RATE)
+        self.samples = np.concatenate([speech, np.zeros(RATE // 5, np.float32)])
+        self._k = 0
+        self._t0: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        wait = self._t0 + self._k * CHUNK / RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        start = (self._k * CHUNK) % (self.samples.size - CHUNK)
+        piece = self.samples[start : start + CHUNK]
+        frame = av.AudioFrame.from_ndarray(mono_to_frame(piece, 2), format="s16", layout="stereo")
+        frame.sample_rate = RATE
+        frame.pts = self._k * CHUNK
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._k += 1
+        return frame
+
+
+class RecordingSession(MirageSession):
+    """The real client, keeping every returned audio frame (arrival time, 48 kHz mono float)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.audio: list[tuple[float, np.ndarray]] = []
+
+    async def _drain_audio(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            self.stats.audio_frames += 1
+            for mono in resampler.resample(frame):
+                self.audio.append((now, mono.to_ndarray().reshape(-1).astype(np.float32) / 32768.0))
+
+
+def _between(audio: list[tuple[float, np.ndarray]], start: float, end: float) -> np.ndarray:
+    parts = [a for t, a in audio if start <= t < end]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def _best_correlation(sent: np.ndarray, got: np.ndarray, max_lag: int = RATE // 2) -> float:
+    """Largest normalised cross-correlation of a 1 s window of ``got`` against the looped ``sent`` signal."""
+    window = got[: RATE] - got[: RATE].mean()
+    ref = np.concatenate([sent, sent])
+    best = 0.0
+    step = 48
+    norm_w = float(np.linalg.norm(window)) + 1e-9
+    for lag in range(0, sent.size, step):
+        seg = ref[lag : lag + window.size]
+        if seg.size < window.size:
+            break
+        seg = seg - seg.mean()
+        best = max(best, float(np.dot(seg, window)) / (norm_w * (float(np.linalg.norm(seg)) + 1e-9)))
+    return best
+
+
+def test_served_session_disguises_the_voice(served: ServedApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_session, "ToneAudioTrack", LoopedSpeech)
+
+    status, config = served.get("/config")
+    assert status == 200
+    assert {"off", *PRESETS, "custom"} <= set(config["voices"]), config.get("voices")
+    assert config["default_voice"]["voice"] == "off", "MIRAGE_VOICE_ENABLE is off by default"
+
+    async def run() -> tuple[RecordingSession, tuple[float, float], tuple[float, float], dict, dict, dict]:
+        session = RecordingSession(client_config(served.url, served.api_key, fps=10.0, audio=True))
+        await session.connect()
+        try:
+            deadline = time.monotonic() + 20.0
+            while not session.audio and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert session.audio, "no audio came back"
+            off_start = time.monotonic() + SETTLE_S
+            await asyncio.sleep(SETTLE_S + PHASE_S)
+            off = (off_start, time.monotonic())
+            bad = await session.set_options(voice="chipmunk")
+            assert bad["type"] == "error" and "Unknown voice" in bad["message"], bad
+            bad = await session.set_options(voice="custom", pitch_semitones=40)
+            assert bad["type"] == "error" and "semitones" in bad["message"], bad
+            ack = await session.set_options(voice=PRESET)
+            assert ack["type"] == "ack", ack
+            on_start = time.monotonic() + SETTLE_S
+            await asyncio.sleep(SETTLE_S + PHASE_S)
+            on = (on_start, time.monotonic())
+            status, metrics = served.get("/metrics")
+            assert status == 200
+            state = served.debug_state()
+            (described,) = state["sessions"]
+            return session, off, on, metrics, described, config
+        finally:
+            await session.close()
+
+    session, off, on, metrics, described, _ = asyncio.run(run())
+    sent = LoopedSpeech().samples
+    f0_sent = median_f0(sent, RATE)
+    plain = _between(session.audio, *off)
+    disguised = _between(session.audio, *on)
+    assert plain.size > 0.8 * PHASE_S * RATE and disguised.size > 0.8 * PHASE_S * RATE, (plain.size, disguised.size)
+
+    st_off = 12 * np.log2(median_f0(plain, RATE) / f0_sent)
+    st_on = 12 * np.log2(median_f0(disguised, RATE) / f0_sent)
+    corr_off, corr_on = _best_correlation(sent, plain), _best_correlation(sent, disguised)
+    voice = metrics["voice"]
+    print(
+        f"served voice: sent F0 {f0_sent:.1f} Hz; off {st_off:+.2f} st (corr {corr_off:.2f}); {PRESET} {st_on:+.2f} st "
+        f"(asked {PRESETS[PRESET].pitch_semitones:+g}, corr {corr_on:.2f}); /metrics voice {voice}"
+    )
+    assert abs(st_off) <= 0.5, st_off
+    assert abs(st_on - PRESETS[PRESET].pitch_semitones) <= 0.5, st_on
+    # Pass-through follows the sent waveform (through Opus); the disguise does not.
+    assert corr_off > 0.6 and corr_on < corr_off - 0.2, (corr_off, corr_on)
+
+    assert described["voice"]["voice"] == PRESET
+    stats = described["voice_stats"]
+    assert stats["converted"] > 0.5 * PHASE_S * 50, stats  # chunks converted by the deployment
+    assert voice["chunks"] >= stats["chunks"] and voice["converted"] >= stats["converted"], voice
+    assert voice["converter"]["batches"] > 0 and voice["converter"]["items"] >= stats["converted"], voice
+    assert voice["converter"]["max_batch_size"] >= 1 and "mean_batch_ms" in voice["converter"]
+    assert "fallbacks" in voice and "timeouts" in voice and voice["delay_ms_max"] > 0
