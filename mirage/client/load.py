@@ -29,6 +29,8 @@ from typing import Any, Literal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the parser is built on every CLI start: aiortc is imported only to run
+    import numpy as np
+
     from mirage.client.encoded import EncodedClip
     from mirage.client.session import SessionOptions
     from mirage.client.sources import VideoSource
@@ -53,6 +55,11 @@ def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--fps", type=float, default=None, help="send rate (default: the source's)")
     p.add_argument("--size", default="640x480", help="frame size of the default clip, WxH (default 640x480)")
     p.add_argument("--audio", action="store_true", help="also send an audio track (a 440 Hz tone)")
+    p.add_argument("--audio-file", type=Path, default=None, help="send this WAV (speech, looped) as the audio track instead of the tone (implies --audio)")
+    p.add_argument("--voice", default=None, help="voice to ask for: off, a preset (deep, low, disguise, high, bright), custom or rvc:NAME")
+    p.add_argument("--pitch", type=float, default=None, help="pitch shift in semitones (without --voice: the DSP disguise with exactly this)")
+    p.add_argument("--formant", type=float, default=None, help="formant factor, 0.7-1.4 (without --voice: the DSP disguise with exactly this)")
+    p.add_argument("--record-audio", type=Path, default=None, help="write each session's returned audio to DIR/session-N.wav")
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for each session to come up")
     p.add_argument(
         "--encode",
@@ -84,6 +91,12 @@ class LoadPlan:
     encode: Literal["once", "live"] = "once"
     #: With ``encode="once"``: a clip encoded earlier (several runs share one encode); else one is made.
     encoded: EncodedClip | None = None
+    #: 48 kHz mono speech sent (looped) instead of the tone; implies ``audio``.
+    audio_samples: np.ndarray | None = None
+    #: ``set_options`` voice fields sent once each session is up (empty: the server's default voice).
+    voice_options: dict[str, Any] | None = None
+    #: Folder for each session's returned audio (``session-N.wav``).
+    record_audio: Path | None = None
 
 
 def clip_period(source: VideoSource, fps: float, seconds: float = 10.0) -> int:
@@ -110,8 +123,10 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
         source=plan.source,
         api_key=plan.api_key,
         options=plan.options,
-        audio=plan.audio,
+        audio=plan.audio or plan.audio_samples is not None,
         tone_hz=440.0 if plan.audio else None,
+        audio_samples=plan.audio_samples,
+        record_audio=plan.record_audio is not None,
         fps=plan.fps,
         connect_timeout_s=plan.connect_timeout_s,
         encoded=encoded,
@@ -131,6 +146,11 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
         return record
     record.update(connected=True, session_id=session.session_id, note=session.note)
     try:
+        if plan.voice_options:
+            reply = await session.set_options(**plan.voice_options)
+            if reply.get("type") != "ack":
+                record["error"] = f"the server refused the voice: {reply.get('message', reply)}"
+                session.stats.errors += 1
         await _sleep_unless_ended(session, plan.warmup)
         session.stats = SessionStats()  # measure only the steady state
         await _sleep_unless_ended(session, plan.seconds)
@@ -141,6 +161,10 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
         stats = session.stats
         await session.close()
     record.update(stats.summary())
+    if config.audio:
+        record.update(audio_chunks=stats.audio_frames, audio_dropped=stats.audio_dropped)
+    if plan.record_audio is not None:
+        record["audio_file"] = _write_returned_audio(plan.record_audio, index, session.returned_audio)
     record.update(
         unstamped=stats.unstamped,
         repeats=stats.repeats,
@@ -148,6 +172,53 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
         server_errors=list(session.server_errors)[-5:],
     )
     return record
+
+
+def _write_returned_audio(folder: Path, index: int, pieces: list[np.ndarray]) -> str | None:
+    """``folder/session-N.wav`` (48 kHz mono 16-bit) of what came back; None when nothing did."""
+    import numpy as np
+
+    from mirage.voice.audio import write_wav_atomic
+
+    if not pieces:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"session-{index}.wav"
+    write_wav_atomic(path, np.concatenate(pieces), 48_000)
+    return str(path)
+
+
+def _voice_plan(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``set_options`` voice fields of ``--voice/--pitch/--formant`` (checked here: one sentence on a bad value)."""
+    from mirage.voice.config import VoiceError, parse_voice
+
+    if args.voice is None and args.pitch is None and args.formant is None:
+        return None
+    try:
+        selection = parse_voice(args.voice, args.pitch, args.formant)
+    except VoiceError as exc:
+        raise SystemExit(f"mirage load: {exc}") from None
+    if selection.kind == "off":
+        return {"voice": "off"}
+    options: dict[str, Any] = {"voice": args.voice if args.voice else "custom"}
+    if args.pitch is not None:
+        options["pitch_semitones"] = float(args.pitch)
+    if args.formant is not None:
+        options["formant"] = float(args.formant)
+    return options
+
+
+def _audio_file(path: Path | None) -> np.ndarray | None:
+    from mirage.voice.audio import read_wav, resample
+    from mirage.voice.config import VoiceError
+
+    if path is None:
+        return None
+    try:
+        samples, rate = read_wav(path)
+    except VoiceError as exc:
+        raise SystemExit(f"mirage load: {exc}") from None
+    return resample(samples, rate, 48_000)
 
 
 async def _sleep_unless_ended(session: MirageSession, seconds: float) -> None:
@@ -198,6 +269,10 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
         width, height = (int(v) for v in str(args.size).lower().split("x"))
     except ValueError:
         raise SystemExit(f"mirage load: --size must look like 640x480 (got {args.size!r})") from None
+    if args.record_audio is not None and args.record_audio.exists() and not args.record_audio.is_dir():
+        raise SystemExit(f"mirage load: --record-audio {args.record_audio} is not a folder")
+    voice_options = _voice_plan(args)
+    audio_samples = _audio_file(args.audio_file)
     fps = args.fps or 30.0
     source = open_source(args.source, fps=args.fps) if args.source else astronaut_source(width, height, fps)
     return LoadPlan(
@@ -213,6 +288,9 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
         audio=args.audio,
         connect_timeout_s=args.connect_timeout,
         encode=args.encode,
+        audio_samples=audio_samples,
+        voice_options=voice_options,
+        record_audio=args.record_audio,
     )
 
 

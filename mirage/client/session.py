@@ -40,7 +40,7 @@ from mirage.client.jitter import use_marker_frames
 from mirage.client.sources import VideoSource
 from mirage.client.encoded import EncodedClip
 from mirage.client.stamp import frame_distance, read_stamp
-from mirage.client.tracks import PreEncodedVideoTrack, SendLedger, StampedVideoTrack, ToneAudioTrack
+from mirage.client.tracks import LoopedAudioTrack, PreEncodedVideoTrack, SendLedger, StampedVideoTrack, ToneAudioTrack
 from mirage.errors import MirageError
 from mirage.webrtc.guard import IcePolicy, guard_peer_connection
 from mirage.types import Image
@@ -109,6 +109,10 @@ class ClientConfig:
     options: SessionOptions = SessionOptions()
     audio: bool = False
     tone_hz: float | None = None
+    #: Send these samples (48 kHz mono float, looped) instead of the tone (``mirage load --audio-file``).
+    audio_samples: np.ndarray | None = field(default=None, repr=False)
+    #: Keep the returned audio (48 kHz mono float) in :attr:`MirageSession.returned_audio`.
+    record_audio: bool = False
     fps: float | None = None
     connect_timeout_s: float = 60.0
     #: Decode each received frame on its last packet (RTP marker) instead of on the next
@@ -152,6 +156,8 @@ class SessionStats:
     repeats: int = 0  # a frame number received again (e.g. the server's "hold" fallback)
     errors: int = 0  # error messages from the server + failures on our side
     audio_frames: int = 0
+    #: Returned audio frames missing (gaps in the returned track's timestamps, in 20 ms frames).
+    audio_dropped: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     first_at: float | None = None
     last_at: float | None = None
@@ -251,7 +257,9 @@ class MirageSession:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
         self._video: StampedVideoTrack | PreEncodedVideoTrack | None = None
-        self._audio: ToneAudioTrack | None = None
+        self._audio: ToneAudioTrack | LoopedAudioTrack | None = None
+        #: The returned audio as 48 kHz mono float pieces (with ``config.record_audio``).
+        self.returned_audio: list[np.ndarray] = []
         self._connected = asyncio.Event()
         self._first_frame = asyncio.Event()
         self._last_unwrapped: int | None = None
@@ -315,7 +323,10 @@ class MirageSession:
                 + [c for c in codecs if c.mimeType.lower() != "video/h264"]
             )
         if self.config.audio:
-            self._audio = ToneAudioTrack(self.config.tone_hz)
+            if self.config.audio_samples is not None:
+                self._audio = LoopedAudioTrack(self.config.audio_samples)
+            else:
+                self._audio = ToneAudioTrack(self.config.tone_hz)
             pc.addTransceiver(self._audio, direction="sendrecv")
         channel = self._channel = pc.createDataChannel("control")
         channel.on("open", self._channel_open.set)
@@ -515,12 +526,22 @@ class MirageSession:
         return unwrapped
 
     async def _drain_audio(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000) if self.config.record_audio else None
+        expected: int | None = None
         while True:
             try:
-                await track.recv()
+                frame = await track.recv()
             except MediaStreamError:
                 return
             self.stats.audio_frames += 1
+            pts, samples = getattr(frame, "pts", None), getattr(frame, "samples", 0)
+            if isinstance(pts, int) and samples:
+                if expected is not None and pts > expected:
+                    self.stats.audio_dropped += (pts - expected) // samples
+                expected = pts + samples
+            if resampler is not None:
+                for mono in resampler.resample(frame):
+                    self.returned_audio.append(mono.to_ndarray().reshape(-1).astype(np.float32) / 32768.0)
 
     async def _read_ws(self) -> None:
         from websockets.exceptions import ConnectionClosed
