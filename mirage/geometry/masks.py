@@ -21,7 +21,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from mirage.landmarks.topology import BROWS, FACE_OVAL, LEFT_EYE, LIPS_INNER, LIPS_OUTER, RIGHT_EYE
+from mirage.landmarks.topology import (
+    BROWS,
+    FACE_OVAL,
+    LEFT_EYE,
+    LIPS_INNER,
+    LIPS_OUTER,
+    RIGHT_EYE,
+)
 from mirage.types import Image, Points, SwapOptions
 
 #: Sub-pixel precision of polygon filling (cv2's ``shift``): 1/16 px.

@@ -41,7 +41,15 @@ from mirage.geometry.align import transform_points
 from mirage.geometry.masks import fill_polygon, mouth_openness, skin_validity
 from mirage.landmarks.tessellation import MIRROR, TRIANGLES
 from mirage.landmarks.topology import FACE_OVAL, LIPS_INNER, LIPS_OUTER
-from mirage.types import FaceCrop, FaceLandmarks, Image, MeshIdentity, Points, SwapOptions, SwappedFace
+from mirage.types import (
+    FaceCrop,
+    FaceLandmarks,
+    Image,
+    MeshIdentity,
+    Points,
+    SwapOptions,
+    SwappedFace,
+)
 
 
 @dataclass(frozen=True)
@@ -321,17 +329,15 @@ class MeshSwapper:
         but building its per-simplex transforms costs ~6 ms a frame.)
         """
         step = float(self.config.grid_step if size <= 384 else self.config.grid_step + 1)
-        offset = (step - 1.0) / 2.0
         grid_n = -(-size // int(step))
         dst = dst_xy.astype(np.float64)
         src = identity.landmarks.astype(np.float64)
         live_z = dst_z.astype(np.float64) if dst_z is not None else None
         ref_z = identity.depth.astype(np.float64) if identity.depth is not None else None
-        sources = identity.sources if identity.usable is not None and identity.sources is not None else None
-        if sources is None:
-            sources, ref_ok = texture_sources(src, ref_z, self.config.min_facing, int(identity.texture.shape[0]))
+        if identity.usable is not None and identity.sources is not None:
+            sources, ref_ok = identity.sources, identity.usable
         else:
-            ref_ok = identity.usable
+            sources, ref_ok = texture_sources(src, ref_z, self.config.min_facing, int(identity.texture.shape[0]))
         usable = (triangle_facing(dst, live_z) > 0.0) & ref_ok
         tris = TRIANGLES[usable]
         dst_tri = dst[tris]  # (T, 3, 2)

@@ -167,7 +167,7 @@ class FaceTracker:
     def _update(slot: _Slot, face: FaceLandmarks, t: float) -> _Slot:
         raw = face.points.astype(np.float64)
         if slot.shape is None or slot.shape.shape != raw.shape:
-            shape = slot.filter(raw, t)
+            shape = np.asarray(slot.filter(raw, t), dtype=np.float64)
             return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=face, shape=shape)
         # Head motion: the similarity from the smoothed shape to this frame's raw points.
         matrix = estimate_similarity(slot.shape[:, :2], raw[:, :2]).astype(np.float64)
@@ -176,7 +176,7 @@ class FaceTracker:
         canonical = np.empty_like(raw)
         canonical[:, :2] = raw[:, :2] @ inverse[:, :2].T + inverse[:, 2]
         canonical[:, 2] = raw[:, 2] / max(scale, 1e-9)
-        shape = slot.filter(canonical, t)
+        shape = np.asarray(slot.filter(canonical, t), dtype=np.float64)
         points = np.empty_like(raw)
         points[:, :2] = shape[:, :2] @ matrix[:, :2].T + matrix[:, 2]
         points[:, 2] = shape[:, 2] * scale

@@ -11,7 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from mirage.geometry.masks import MaskConfig, blend_mask, face_extent, fill_polygon, mouth_openness, skin_validity
+from mirage.geometry.masks import (
+    MaskConfig,
+    blend_mask,
+    face_extent,
+    fill_polygon,
+    mouth_openness,
+    skin_validity,
+)
 from mirage.geometry.paste import BlendConfig, blended_face, paste_region
 from mirage.landmarks.tessellation import TRIANGLES
 from mirage.landmarks.topology import FACE_OVAL, LIPS_INNER, LIPS_OUTER
