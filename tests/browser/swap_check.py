@@ -49,9 +49,10 @@ def assert_swapped(received: np.ndarray, sent: np.ndarray, number: int) -> str:
     rest = diff[background].mean()
     # The swapped face keeps the live face's shading and tone (issue 9), so the change is in the
     # detail: an unswapped or blurred face stays well below this, and the sharpness check follows.
-    assert face > 12.0, f"frame {number}: the face region barely changed (mean diff {face:.1f})"
+    assert face > 10.0, f"frame {number}: the face region barely changed (mean diff {face:.1f})"
     assert rest < 10.0, f"frame {number}: the background changed too much (mean diff {rest:.1f})"
-    assert face > 3 * rest
+    # Codec noise alone moves the background by ~5 grey levels and an unswapped face by about as much.
+    assert face > 2 * rest, f"frame {number}: face diff {face:.1f} is not well above the background's {rest:.1f}"
     # Swapped, not blurred by the fallback: the face keeps detail.
     sharp_received = cv2.Laplacian(cv2.cvtColor(received[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
     sharp_sent = cv2.Laplacian(cv2.cvtColor(original[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
