@@ -179,40 +179,20 @@ class ToneAudioTrack(MediaStreamTrack):
         return wave.astype(np.int16)[None, :]
 
 
-class LoopedAudioTrack(MediaStreamTrack):
+class LoopedAudioTrack(ToneAudioTrack):
     """20 ms frames of 48 kHz mono s16 audio from ``samples`` (float, 48 kHz mono), looped, paced at real time.
 
     What ``mirage load --audio-file`` sends instead of the tone (speech, so a voice
     disguise has something to work on).
     """
 
-    kind = "audio"
-
     def __init__(self, samples: np.ndarray, *, sample_rate: int = 48_000) -> None:
-        super().__init__()
+        super().__init__(None, sample_rate=sample_rate)
         x = np.clip(np.asarray(samples, np.float32).reshape(-1), -1.0, 1.0)
-        self.sample_rate = sample_rate
-        self.samples = sample_rate // 50
         if x.size < self.samples:
             x = np.concatenate([x, np.zeros(self.samples - x.size, np.float32)])
         self._pcm = (x * 32767.0).astype(np.int16)
-        self._sent = 0
-        self._start: float | None = None
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            due = self._start + self._sent / self.sample_rate
-            if due > now:
-                await asyncio.sleep(due - now)
+    def _chunk(self) -> np.ndarray:
         index = (self._sent + np.arange(self.samples)) % self._pcm.size
-        frame = av.AudioFrame.from_ndarray(self._pcm[index][None, :], format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._sent
-        frame.time_base = fractions.Fraction(1, self.sample_rate)
-        self._sent += self.samples
-        return frame
+        return self._pcm[index][None, :]
