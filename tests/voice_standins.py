@@ -20,26 +20,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.standins import _check_path
+from tests.standins import _save as _save_model
+
 OPSET = 13
-IR_VERSION = 7
 GEN_RATE = 40000
 GEN_HOP = 400  # samples per 10 ms frame at 40 kHz
 
 
 def _check(path: Path) -> Path:
-    path = Path(path)
-    if "standin" not in path.name:
-        raise ValueError(f"stand-in model paths must contain 'standin': {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return _check_path(path)
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mirage-standin")
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save_model(graph, path, opset=OPSET)
 
 
 def build_contentvec_standin(path: Path, dynamic_batch: bool = True, seed: int = 3) -> Path:
