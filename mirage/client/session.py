@@ -60,7 +60,12 @@ def pack_binary(header: dict[str, Any], photo: bytes) -> bytes:
 
 
 #: WebSocket close codes the server uses (see the session protocol) → error codes.
-CLOSE_CODES = {4401: "unauthorized", 4400: "bad_request", 1013: "server_full"}
+CLOSE_CODES = {4401: "unauthorized", 4400: "bad_request", 1013: "server_full", 1009: "message_too_big"}
+#: Close codes the server's WebSocket layer sends without a reason of its own → the sentence we show.
+CLOSE_SENTENCES = {
+    1009: "The server refused a message larger than its 16 MiB WebSocket limit: "
+    "send the reference photo as a binary message (this client does when it is large) or a smaller photo.",
+}
 #: HTTP statuses a refused WebSocket handshake may carry → error codes.
 HTTP_CODES = {401: "unauthorized", 403: "unauthorized", 503: "server_full", 429: "server_full"}
 
@@ -418,7 +423,9 @@ class MirageSession:
                 code = exc.rcvd.code if exc.rcvd else None
                 reason = exc.rcvd.reason if exc.rcvd else ""
                 if code in CLOSE_CODES:
-                    raise SessionRefused(CLOSE_CODES[code], reason or "The server refused the session.") from None
+                    raise SessionRefused(
+                        CLOSE_CODES[code], reason or CLOSE_SENTENCES.get(code, "The server refused the session.")
+                    ) from None
                 raise SessionFailed(f"The server closed the session before answering (close code {code}).") from None
             try:
                 message = json.loads(raw)

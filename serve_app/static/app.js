@@ -19,8 +19,9 @@
     unauthorized: "The API key was not accepted.",
     bad_offer: "The browser's connection offer was refused.",
     bad_request: "The server did not accept the request.",
+    message_too_big: "The server refused a message larger than its 16 MiB limit. Choose a smaller photo.",
   };
-  const CLOSE_CODES = { 1013: "server_full", 4401: "unauthorized", 4400: "bad_request" };
+  const CLOSE_CODES = { 1009: "message_too_big", 1013: "server_full", 4401: "unauthorized", 4400: "bad_request" };
 
   const $ = (id) => document.getElementById(id);
   const ui = {
