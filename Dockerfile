@@ -5,7 +5,8 @@
 #
 # Dependencies come from the project's lists only (no package is named here): requirements.txt
 # and requirements-nodeps.txt installed exactly as scripts/setup.sh installs them, then the GPU
-# extras of requirements-gpu.txt. tests/unit/test_deploy_configs.py checks that. Weights and
+# extras of requirements-gpu.txt (never requirements-test.txt: pytest, browsers' driver, judges,
+# linters). tests/unit/test_deploy_configs.py checks that. Weights and
 # compiled TensorRT engines live on the /models volume. Ports, UDP media and the one-off engine
 # build (`python -m mirage models compile`): docs/gpu.md.
 
