@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from deployments.logs import enable_info_logs
+from mirage.memtrim import HeapTrimmer
 from mirage.swap.mesh import MeshSwapConfig
 from serve_app.auth import (
     MISSING_KEY_MESSAGE,
@@ -71,6 +72,8 @@ class IngressConfig:
     detector_model: str = "short"
     mesh: MeshSwapConfig = field(default_factory=MeshSwapConfig)
     opencv_threads: int = 1
+    #: Seconds between returns of freed heap memory to the system (mirage/memtrim.py); 0 = never.
+    heap_trim_interval_s: float = 30.0
 
 
 def gpu_report(timeout_s: float = 5.0) -> dict[str, Any]:
@@ -209,6 +212,7 @@ class MirageIngress:
             active=lambda: self.registry.count > 0,
             on_drain=lambda: self.registry.end_all(SHUTDOWN_REASON),
         )
+        self.trimmer = HeapTrimmer(self.config.heap_trim_interval_s)
         self._swappers: list[str] | None = None
         try:
             self._hook_loop()
@@ -250,6 +254,7 @@ class MirageIngress:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirage"))
         self._hooked_loop = loop
         self.drain.start()
+        self.trimmer.start()
 
     def _require_key(self, request: Request) -> None:
         refusal = rejection_message(self.settings.auth, key_from_headers(request.headers))
@@ -271,6 +276,7 @@ class MirageIngress:
     async def __del__(self) -> None:
         """Graceful shutdown: end every session cleanly (close 1001, peer connection closed)."""
         await self.drain.stop()
+        await self.trimmer.stop()
         self.registry.end_all(SHUTDOWN_REASON)
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_WAIT_S
         while self.registry.count and asyncio.get_running_loop().time() < deadline:
@@ -460,6 +466,8 @@ class MirageIngress:
             "total_refused": self.registry.total_refused,
             "pending_sockets": self.registry.pending,
             "breakers": self.ctx.breakers.describe(),
+            "heap_trims": self.trimmer.stats.trims,
+            "heap_trim_last_ms": round(self.trimmer.stats.last_ms, 2),
             "total_pending_refused": self.registry.total_pending_refused,
             "open_peer_connections": open_peer_connections(),
             "loop_exceptions": self.loop_exceptions,
