@@ -95,7 +95,9 @@ def _feeds(inputs: dict[str, tuple[int, ...]], batch: int, rng: np.random.Genera
     return {name: rng.random((batch, *shape), dtype=np.float32) for name, shape in inputs.items()}
 
 
-def _time(run: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], batch: int, warmup: int, iters: int) -> dict[str, float]:
+def _time(
+    run: Callable[[dict[str, np.ndarray]], Any], feeds: dict[str, np.ndarray], batch: int, warmup: int, iters: int
+) -> dict[str, float]:
     for _ in range(warmup):
         run(feeds)
     times = []
@@ -153,7 +155,9 @@ def bench_model(name: str, acc: Accelerators, args: argparse.Namespace, workdir:
         runtimes["tensorrt"] = {"available": False, "reason": acc.tensorrt_reason}
     else:
         profile = BatchProfile.up_to(max(args.batches))
-        key = make_engine_key(path, name, acc.gpu, acc.tensorrt_version, args.precision, profile, inputs, cuda_version=acc.cuda_runtime or "")
+        key = make_engine_key(
+            path, name, acc.gpu, acc.tensorrt_version, args.precision, profile, inputs, cuda_version=acc.cuda_runtime or ""
+        )
         try:
             built = compile_model(
                 name, path, args.engine_dir or workdir / "engines", key, check=engine_check(name, path, max(args.batches), inputs)
@@ -336,7 +340,10 @@ def main() -> int:
         _print_table(results)
         served = served_run(acc, args, workdir)
     if served["ran"]:
-        print(f"served: {served['sessions']} sessions ({served['swapper']}), mean {served['mean_fps']} fps, median g2g p50 {served['median_g2g_p50_ms']} ms")
+        print(
+            f"served: {served['sessions']} sessions ({served['swapper']}), mean {served['mean_fps']} fps, "
+            f"median g2g p50 {served['median_g2g_p50_ms']} ms"
+        )
     else:
         print(f"served multi-session run: {served['reason']}")
     if args.json:

@@ -18,7 +18,6 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2

@@ -213,7 +213,9 @@ PANEL_H = 320
 def _panel(image: Image, box: qm.Box, label: str, lines: list[str]) -> Image:
     crop = _crop_around(image, box, 2.0)
     scale = PANEL_H / crop.shape[0]
-    panel = cv2.resize(crop, (max(1, int(round(crop.shape[1] * scale))), PANEL_H), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    panel = cv2.resize(
+        crop, (max(1, int(round(crop.shape[1] * scale))), PANEL_H), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
+    )
     panel = cv2.copyMakeBorder(panel, 28, 18 * len(lines) + 6, 4, 4, cv2.BORDER_CONSTANT, value=(255, 255, 255))
     cv2.putText(panel, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     for i, line in enumerate(lines):
@@ -237,7 +239,12 @@ def side_by_side(
 ) -> Image:
     panels = [
         _panel(reference, ref_box, f"reference: {result.reference}", ["", "", ""]),
-        _panel(target, tgt_box, f"target: {result.target}", [f"{target.shape[1]}x{target.shape[0]}, face {result.face_px} px", result.checks[:40], ""]),
+        _panel(
+            target,
+            tgt_box,
+            f"target: {result.target}",
+            [f"{target.shape[1]}x{target.shape[0]}, face {result.face_px} px", result.checks[:40], ""],
+        ),
         _panel(output, tgt_box, "output (mirage)", _metric_lines(result.product)),
         _panel(baseline, tgt_box, "baseline (naive paste)", _metric_lines(result.baseline)),
     ]

@@ -136,7 +136,9 @@ def signalsmith_facts(x: np.ndarray) -> dict[str, Any] | None:
         y = np.concatenate(pieces)[lat:]
         ref = x[: y.size]
         out[f"f0_shift_for_plus4_st_{label}"] = round(12 * float(np.log2(median_f0(y, RATE) / median_f0(ref, RATE))), 2)
-        out[f"loudness_change_db_{label}"] = round(10 * float(np.log10(np.mean(y.astype(np.float64) ** 2) / np.mean(ref.astype(np.float64) ** 2))), 2)
+        out[f"loudness_change_db_{label}"] = round(
+            10 * float(np.log10(np.mean(y.astype(np.float64) ** 2) / np.mean(ref.astype(np.float64) ** 2))), 2
+        )
     return out
 
 
@@ -214,7 +216,7 @@ async def _served_session(handle: Any, x: np.ndarray, voice: str, chunks: int, o
         try:
             result = await asyncio.wait_for(handle.convert.remote(chunk), timeout=1.0)
             stream.accept(chunk, result)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             stream.fallback(chunk)
         done = time.perf_counter()
         rtts.append((done - t) * 1000.0)
@@ -240,7 +242,7 @@ def served(x: np.ndarray, seconds: float) -> dict[str, Any]:
             VoiceCoreConfig(rvc=False)), name="bench-voice", route_prefix=None)
         chunks = int(seconds * RATE / CHUNK)
         for sessions in (1, 3):
-            async def run() -> list[dict[str, list[float]]]:
+            async def run(sessions: int = sessions) -> list[dict[str, list[float]]]:
                 return await asyncio.gather(*[_served_session(handle, x, "disguise", chunks, 101 * i) for i in range(sessions)])
             before = handle.stats.remote().result()["methods"].get("convert", {"batches": 0, "items": 0})
             sessions_out = asyncio.run(run())

@@ -1,12 +1,11 @@
-"""``FaceSwapper``: face swap batched across the faces of all sessions, and identity building.
+"""``FaceSwapper``: the Serve shell of :class:`mirage.pipeline.identity.SwapEngine`.
 
-``swap`` takes one :class:`~deployments.types.SwapItem` (a face crop plus the
-session's identity) per call and runs them in batches, grouped by swapper.
-``prepare_identity`` turns a reference photo (bytes) into identity data: the
-photo is validated before decoding (size, magic bytes, declared dimensions),
-the largest face is used, and the photo never leaves memory. User errors come
-back as codes in an :class:`~deployments.types.IdentityReply`, never as
-tracebacks that could quote the input.
+``swap`` takes one :class:`~mirage.pipeline.messages.SwapItem` (a face crop
+plus the session's identity) per call and runs them in batches, grouped by
+swapper; ``prepare_identity`` turns a reference photo (bytes) into identity
+data (a few decodes at once per replica). Identity building and the identity
+cache live in ``mirage.pipeline.identity``; this module adds batching,
+``reconfigure``, ``check_health`` and metrics.
 """
 
 from __future__ import annotations
@@ -14,237 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from ray import serve
 
 from deployments.detector import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, BatchingConfig, run_batch
 from deployments.logs import enable_info_logs
 from deployments.metrics import BatchMetrics
-from deployments.types import SWAPPER_UNAVAILABLE, UNKNOWN_IDENTITY, IdentityReply, SwapItem, SwapResult
-from mirage.errors import InvalidImageError, MirageError, ModelUnavailableError, NoFaceError
-from mirage.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_SIDE, decode_image
-from mirage.pipeline import FacePipeline, PipelineConfig
-from mirage.swap.mesh import MeshSwapConfig, MeshSwapper
-from mirage.types import Identity, SwapperName
+from mirage.pipeline.identity import IdentityCache, SwapEngine, SwapperConfig
+from mirage.pipeline.messages import IdentityReply, SwapItem, SwapResult
+
+__all__ = ["FaceSwapper", "IdentityCache", "SwapEngine", "SwapperConfig"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SwapperConfig:
-    """Construction-time options of the swapper replica.
-
-    ``inswapper``: try to load InSwapper (when provisioned); a missing model
-    disables it with one log line, ``mesh`` always works.
-    ``reference_detector``: BlazeFace range used on reference photos.
-    """
-
-    mesh: MeshSwapConfig = field(default_factory=MeshSwapConfig)
-    inswapper: bool = True
-    reference_detector: Literal["short", "full"] = "short"
-    num_threads: int = 1
-    max_reference_bytes: int = DEFAULT_MAX_BYTES
-    max_reference_side: int = DEFAULT_MAX_SIDE
-    #: References are decoded (downscaled on decode where possible) to at most this longest side:
-    #: the extra memory of any accepted reference stays under 150 MB (docs/security.md).
-    reference_decode_side: int = 2048
-    #: Reference decodes that may run at once on one replica (the rest wait their turn).
-    max_concurrent_decodes: int = 2
-
-
-def _load_inswapper() -> tuple[Any | None, str | None]:
-    """The neural swap path when its weights are already provisioned, else (None, reason).
-
-    Never downloads here (a replica must start fast and offline); provisioning
-    is ``python -m mirage models fetch`` or the start-up provisioning step.
-    ``load_neural_swap`` serves an InSwapper file that is already provisioned
-    (the one with a compiled engine first) and never fetches one either.
-    """
-    try:
-        from mirage.swap.neural import INSWAPPER_NAMES, load_neural_swap
-        from mirage.weights.provision import ModelStore, ProvisionConfig
-    except ImportError as exc:
-        return None, f"the neural swap path is not installed ({type(exc).__name__})"
-    try:
-        store = ModelStore(ProvisionConfig.from_env())
-        needed = ["scrfd_10g", "arcface_w600k_r50"]
-        if not any(store.path(name).is_file() for name in INSWAPPER_NAMES):
-            return None, "InSwapper weights are not provisioned (python -m mirage models fetch inswapper_128_fp16)"
-        missing = [name for name in needed if not store.path(name).is_file()]
-        if missing:
-            return None, f"{', '.join(missing)} not provisioned (python -m mirage models fetch {' '.join(missing)})"
-        return load_neural_swap(store), None
-    except MirageError as exc:
-        return None, str(exc)
-
-
-class IdentityCache:
-    """Identities this replica was sent, by key, forgotten ``ttl_s`` after their last use.
-
-    Sessions send their identity with the first few swaps only, then just its
-    key; a replica that does not know a key answers UNKNOWN_IDENTITY and the
-    ingress resends it. The data never leaves memory, and an entry outlives its
-    session by at most ``ttl_s`` (the ingress also asks to forget it on close).
-    """
-
-    def __init__(self, ttl_s: float = 15.0, max_entries: int = 256, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl_s = ttl_s
-        self._max = max_entries
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
-
-    def __repr__(self) -> str:
-        return f"IdentityCache({len(self._entries)} entries)"
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _sweep(self, now: float) -> None:
-        while self._entries:
-            key, (_, used) = next(iter(self._entries.items()))
-            if now - used <= self._ttl_s and len(self._entries) <= self._max:
-                break
-            del self._entries[key]
-
-    def put(self, key: str, identity: Identity) -> None:
-        with self._lock:
-            now = self._clock()
-            self._entries[key] = (identity, now)
-            self._entries.move_to_end(key)
-            self._sweep(now)
-
-    def get(self, key: str) -> Identity | None:
-        with self._lock:
-            now = self._clock()
-            self._sweep(now)
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            self._entries[key] = (entry[0], now)
-            self._entries.move_to_end(key)
-            return entry[0]
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
-
-class SwapperCore:
-    """The swapper's logic without Ray: batched swap and identity building (also used in-process)."""
-
-    def __init__(self, config: SwapperConfig | None = None) -> None:
-        self.config = config or SwapperConfig()
-        self._mesh = MeshSwapper(self.config.mesh)
-        self.identities = IdentityCache()
-        self.inswapper, self.inswapper_reason = _load_inswapper() if self.config.inswapper else (None, "disabled")
-        if self.inswapper is None:
-            logger.info("InSwapper unavailable (%s); the mesh swapper serves every session", self.inswapper_reason)
-        # Identity building reuses the in-process pipeline's reference logic (largest face, padding retry).
-        # The short-range detector misses the small faces of a group photo (and then finds a bogus one
-        # in the padded retry), so a short-range setting is backed by the full-range model: the
-        # detector that finds more faces wins, and the largest of them is used, as documented.
-        detectors = [self.config.reference_detector] + (["full"] if self.config.reference_detector == "short" else [])
-        self._identity_pipelines = [
-            FacePipeline(
-                PipelineConfig(
-                    swapper="mesh", detector_model=model, mesh=self.config.mesh, num_threads=self.config.num_threads
-                ),
-                neural=self.inswapper,
-            )
-            for model in detectors
-        ]
-        self._identity_pipeline = self._identity_pipelines[0]
-
-    def available_swappers(self) -> list[str]:
-        return ["mesh"] + (["inswapper"] if self.inswapper is not None else [])
-
-    def _reference_identity(self, image: Any, name: SwapperName) -> Any:
-        """Identity from the reference's largest face, with whichever detector finds more faces."""
-        if name != "mesh":
-            return self._identity_pipeline.build_identity(image, name)
-        results = []
-        missed: NoFaceError | None = None
-        for pipeline in self._identity_pipelines:
-            try:
-                results.append(pipeline.build_identity(image, name))
-            except NoFaceError as exc:
-                missed = exc
-        if not results:
-            assert missed is not None
-            raise missed
-        return max(results, key=lambda r: r.faces_found)  # ties: the configured detector (first)
-
-    def swap_batch(self, items: Sequence[SwapItem]) -> list[SwapResult]:
-        """Swap faces (from any sessions) grouped by swapper; per-item errors instead of exceptions."""
-        results: list[SwapResult] = [SwapResult(error=SWAPPER_UNAVAILABLE)] * len(items)
-        groups: dict[str, list[tuple[int, Identity]]] = {}
-        for index, item in enumerate(items):
-            if item.identity is not None:
-                self.identities.put(item.identity_key, item.identity)
-                identity: Identity | None = item.identity
-            else:
-                identity = self.identities.get(item.identity_key)
-            if identity is None:
-                results[index] = SwapResult(error=UNKNOWN_IDENTITY)
-                continue
-            groups.setdefault(item.swapper, []).append((index, identity))
-        for name, members in groups.items():
-            indices = [i for i, _ in members]
-            crops = [items[i].crop for i in indices]
-            identities = [identity for _, identity in members]
-            if name == "mesh":
-                out = self._mesh.swap(crops, identities, [items[i].options for i in indices])  # type: ignore[arg-type]
-            elif name == "inswapper" and self.inswapper is not None:
-                out = self.inswapper.swapper.swap(crops, identities)
-            else:
-                continue
-            for i, face in zip(indices, out, strict=True):
-                results[i] = SwapResult.pack(face)
-        return results
-
-    def build_identity(self, photo: bytes, swapper: str) -> IdentityReply:
-        """Reference photo bytes → identity, or a reply with an error code; never raises for bad input."""
-        if swapper not in ("mesh", "inswapper"):
-            return IdentityReply(code="bad_request", message=f"Unknown swapper {swapper[:20]!r}; use mesh or inswapper.")
-        if swapper == "inswapper" and self.inswapper is None:
-            return IdentityReply(
-                swapper="inswapper",
-                code="swapper_unavailable",
-                message=f"The inswapper swapper is not available on this server ({self.inswapper_reason}); use mesh.",
-            )
-        name: SwapperName = swapper  # type: ignore[assignment]
-        try:
-            image = decode_image(
-                photo,
-                max_bytes=self.config.max_reference_bytes,
-                max_side=self.config.max_reference_side,
-                max_decode_side=self.config.reference_decode_side,
-            )
-            result = self._reference_identity(image, name)
-        except InvalidImageError as exc:
-            return IdentityReply(swapper=name, code="bad_reference", message=str(exc))
-        except NoFaceError:
-            return IdentityReply(
-                swapper=name,
-                code="no_face",
-                message="No face was found in the reference photo; use a clear, front-facing photo of one person.",
-            )
-        except ModelUnavailableError as exc:
-            return IdentityReply(swapper=name, code="swapper_unavailable", message=str(exc))
-        except MirageError as exc:
-            # An expected library error we did not map: its message is written for people.
-            logger.warning("identity building failed: %s", type(exc).__name__)
-            return IdentityReply(swapper=name, code="bad_reference", message=str(exc))
-        except Exception as exc:  # noqa: BLE001 - never let a traceback quoting the photo travel
-            logger.error("identity building crashed: %s", type(exc).__name__)
-            return IdentityReply(swapper=name, code="internal", message="The reference photo could not be processed.")
-        return IdentityReply(identity=result.identity, swapper=name, note=result.note, faces_found=result.faces_found)
 
 
 @serve.deployment(
@@ -256,7 +37,7 @@ class SwapperCore:
 class FaceSwapper:
     def __init__(self, config: SwapperConfig | None = None) -> None:
         enable_info_logs()
-        self.core = SwapperCore(config)
+        self.core = SwapEngine(config)
         self._metrics = BatchMetrics("swapper")
         self._batching = BatchingConfig()
         self._decodes = asyncio.Semaphore(max(1, self.core.config.max_concurrent_decodes))

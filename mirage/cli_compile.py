@@ -106,15 +106,42 @@ class ModelReport:
 def add_compile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``models compile`` (defaults from MIRAGE_TRT_PRECISION / MIRAGE_TRT_MAX_BATCH / MIRAGE_TRT_OPT_BATCH)."""
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="engine precision (default: $MIRAGE_TRT_PRECISION or fp16)")
-    parser.add_argument("--max-batch", type=int, default=None, help="largest batch of the profile; match the deployments' max_batch_size (default: $MIRAGE_TRT_MAX_BATCH or 8)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="largest batch of the profile; match the deployments' max_batch_size (default: $MIRAGE_TRT_MAX_BATCH or 8)",
+    )
     parser.add_argument("--opt-batch", type=int, default=None, help="batch TensorRT tunes for (default: $MIRAGE_TRT_OPT_BATCH or max/2)")
-    parser.add_argument("--models", nargs="+", metavar="NAME", default=None, help=f"models to compile (default: those of {', '.join(DEFAULT_MODELS)} that are provisioned)")
-    parser.add_argument("--require", nargs="+", metavar="NAME", default=[], help="models that must end with a runnable path (engine or ONNX Runtime), else exit 2; the manifest's required models always are")
-    parser.add_argument("--onnx", action="append", default=[], metavar="NAME=PATH", help="compile this ONNX file under NAME instead of the provisioned one (repeatable)")
-    parser.add_argument("--engine-dir", type=Path, default=None, help="where engines go (default: $MIRAGE_ENGINE_DIR or <models dir>/engines)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help=f"models to compile (default: those of {', '.join(DEFAULT_MODELS)} that are provisioned)",
+    )
+    parser.add_argument(
+        "--require",
+        nargs="+",
+        metavar="NAME",
+        default=[],
+        help="models that must end with a runnable path (engine or ONNX Runtime), else exit 2; the manifest's required models always are",
+    )
+    parser.add_argument(
+        "--onnx",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="compile this ONNX file under NAME instead of the provisioned one (repeatable)",
+    )
+    parser.add_argument(
+        "--engine-dir", type=Path, default=None, help="where engines go (default: $MIRAGE_ENGINE_DIR or <models dir>/engines)"
+    )
     parser.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT builder workspace (default 2048 MB)")
     parser.add_argument("--force", action="store_true", help="rebuild even when a fitting engine exists")
-    parser.add_argument("--no-accuracy-check", action="store_true", help="publish new engines without comparing them with fp32 ONNX Runtime on real faces")
+    parser.add_argument(
+        "--no-accuracy-check", action="store_true", help="publish new engines without comparing them with fp32 ONNX Runtime on real faces"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -245,7 +272,15 @@ def compile_one(
         problem = _onnx_runnable(served)
         seconds = time.perf_counter() - started
         if problem is not None:
-            return ModelReport(name, "unavailable", "none", f"{detail.rstrip('.')}; and ONNX Runtime cannot run it either: {problem}", required, str(served), seconds=seconds)
+            return ModelReport(
+                name,
+                "unavailable",
+                "none",
+                f"{detail.rstrip('.')}; and ONNX Runtime cannot run it either: {problem}",
+                required,
+                str(served),
+                seconds=seconds,
+            )
         return ModelReport(name, "fallback", _fallback_runtime(acc), detail, required, str(served), seconds=seconds)
 
 
@@ -289,7 +324,16 @@ def run_compile(args: argparse.Namespace, store: object | None = None, out: Text
         if found is not None and Path(found).is_file():
             problem = _onnx_runnable(Path(found))
             status: Status = "fallback" if problem is None else "unavailable"
-            reports.append(ModelReport(name, status, _fallback_runtime(acc) if problem is None else "none", problem or "not compiled in this run", True, str(found)))
+            reports.append(
+                ModelReport(
+                    name,
+                    status,
+                    _fallback_runtime(acc) if problem is None else "none",
+                    problem or "not compiled in this run",
+                    True,
+                    str(found),
+                )
+            )
         else:
             reports.append(ModelReport(name, "unavailable", "none", f"not provisioned; run `python -m mirage models fetch {name}`", True))
     for name, path, why in targets:

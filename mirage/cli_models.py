@@ -62,7 +62,14 @@ def _size(n: int | None) -> str:
 def _table(rows: list[ModelStatus], out: TextIO) -> None:
     header = ("NAME", "STAGE", "PRESENT", "SIZE", "VERIFIED", "LICENCE")
     cells = [
-        (r.name + (" *" if r.required else ""), r.stage, ("embedded" if r.embedded else "yes") if r.present else "no", _size(r.size if r.present else r.expected_size), r.verified, r.licence)
+        (
+            r.name + (" *" if r.required else ""),
+            r.stage,
+            ("embedded" if r.embedded else "yes") if r.present else "no",
+            _size(r.size if r.present else r.expected_size),
+            r.verified,
+            r.licence,
+        )
         for r in rows
     ]
     widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(len(header) - 1)]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirage.errors import InvalidImageError, MirageError
 from mirage.imageio import encode_image, read_image_file
@@ -26,7 +26,9 @@ def _check_paths(args: argparse.Namespace) -> str:
     in_kind = _kind(args.input)
     out_kind = _kind(args.output)
     if in_kind is None:
-        raise InvalidImageError(f"Unsupported input type {args.input.suffix!r}: use an image (.jpg/.png/.webp) or a video (.mp4/.mov/.mkv/.webm).")
+        raise InvalidImageError(
+            f"Unsupported input type {args.input.suffix!r}: use an image (.jpg/.png/.webp) or a video (.mp4/.mov/.mkv/.webm)."
+        )
     if out_kind != in_kind:
         raise InvalidImageError(f"The output {args.output.name} must be an {in_kind} file like the input.")
     if not args.output.parent.exists():

@@ -7,7 +7,7 @@ and identity data. Whole frames are never part of these types.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -128,7 +128,7 @@ class LatentIdentity:
         return f"LatentIdentity(latent={self.latent.shape})"
 
 
-Identity = Union[MeshIdentity, LatentIdentity]
+Identity = MeshIdentity | LatentIdentity
 
 
 @dataclass(frozen=True)

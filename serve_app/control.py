@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -95,7 +95,7 @@ class Ping(_Strict):
     id: int | None = None
 
 
-ControlMessage = Annotated[Union[SetReference, SetOptions, Ping], Field(discriminator="type")]
+ControlMessage = Annotated[SetReference | SetOptions | Ping, Field(discriminator="type")]
 _CONTROL = TypeAdapter(ControlMessage)
 CONTROL_TYPES = ("set_reference", "set_options", "ping")
 

@@ -46,6 +46,7 @@ from serve_app.drain import DrainWatcher
 from serve_app.ice import ice_policy, ice_server_dicts
 from serve_app.metrics import RayFrameMetrics, RollingStats
 from serve_app.orchestrator import FramePreparer, ServeModelClient
+from serve_app.routing import REFUSED_METRIC, SESSIONS_METRIC, RecentCount, slot_stats
 from serve_app.sessions import (
     SHUTDOWN_REASON,
     SessionContext,
@@ -273,6 +274,31 @@ class MirageIngress:
     def _sessions_changed(self) -> None:
         self.sink.sessions(self.registry.count)
 
+    # --- routing and autoscaling (serve_app.routing) -----------------------------------
+    def record_routing_stats(self) -> dict[str, Any]:
+        """This replica's session slots for the ingress router (Serve polls it, then tells every proxy)."""
+        r = self.registry
+        return slot_stats(r.capacity, r.count, r.pending, r.accepting and not self.drain.drained, r.total_refused)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Sessions and recent refusals for the ingress's autoscaling policy (numbers only)."""
+        r = self.registry
+        if getattr(self, "_refused_recent", None) is None:
+            self._refused_recent = RecentCount()
+        return {SESSIONS_METRIC: float(r.count), REFUSED_METRIC: float(self._refused_recent.observe(r.total_refused))}
+
+    def routing_report(self) -> dict[str, Any]:
+        """The ``routing`` block of ``/metrics``: this replica's slots, admissions and refusals."""
+        report = self.record_routing_stats()
+        report.pop("at", None)
+        try:
+            report["replica"] = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve (tests)
+            report["replica"] = None
+        report["admitted_total"] = self.registry.total_started
+        report["refused_pending_total"] = self.registry.total_pending_refused
+        return report
+
     async def __del__(self) -> None:
         """Graceful shutdown: end every session cleanly (close 1001, peer connection closed)."""
         await self.drain.stop()
@@ -343,6 +369,7 @@ class MirageIngress:
     @app.get("/metrics")
     async def metrics(self) -> dict[str, Any]:
         body = self.stats.snapshot(sessions=self.registry.count)
+        body["routing"] = self.routing_report()
         body["voice"] = await self._voice_metrics()
         return body
 

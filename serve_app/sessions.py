@@ -69,6 +69,8 @@ CLOSE_UNAUTHORIZED = 4401
 
 #: Why sessions end when the replica shuts down (closed with 1001 "going away").
 SHUTDOWN_REASON = "server shutting down"
+#: Retry hint of a refusal by a replica that is shutting down (another replica takes the session).
+SHUTDOWN_RETRY_AFTER_S = 1.0
 #: Why a session ends when its client closed the WebSocket (nothing is sent back then).
 CLIENT_CLOSED = "client closed the session"
 #: When a session ends on the media side (camera track ended, peer connection closed) the client
@@ -698,8 +700,9 @@ async def serve_session(
     retry = settings.session.retry_after_s
     if not registry.accepting:
         ctx.sink.refused("server_full")
+        # Another replica takes the session: the hint is short (SHUTDOWN_RETRY_AFTER_S).
         await _send_error(ws, "server_full", "The server is shutting down; please try again later.",
-                          CLOSE_TRY_AGAIN_LATER, retry)
+                          CLOSE_TRY_AGAIN_LATER, min(retry, SHUTDOWN_RETRY_AFTER_S))
         return
     if header_key is not None and not key_matches(settings.auth, header_key):
         ctx.sink.refused("unauthorized")
@@ -734,7 +737,8 @@ async def serve_session(
     if session_id is None:
         ctx.sink.refused("server_full")
         why = "is shutting down" if not registry.accepting else f"is at capacity ({registry.capacity} sessions)"
-        await _send_error(ws, "server_full", f"The server {why}; please try again later.", CLOSE_TRY_AGAIN_LATER, retry)
+        hint = retry if registry.accepting else min(retry, SHUTDOWN_RETRY_AFTER_S)
+        await _send_error(ws, "server_full", f"The server {why}; please try again later.", CLOSE_TRY_AGAIN_LATER, hint)
         return
     if on_change:
         on_change()

@@ -91,7 +91,7 @@ def build_scrfd_standin(path: Path, dynamic: bool = False) -> Path:
     f32 = b.node("Relu", [b.conv(f16, 8, 8, stride=2)])
     anchors = 2
     heads: dict[str, list[str]] = {"score": [], "bbox": [], "kps": []}
-    for level, (feat, stride) in enumerate(zip((f8, f16, f32), (8, 16, 32))):
+    for level, feat in enumerate((f8, f16, f32)):
         for kind, channels in (("score", 1), ("bbox", 4), ("kps", 10)):
             y = b.conv(feat, 8, anchors * channels, k=1, bias=-2.5 if kind == "score" else 0.5)
             if kind == "bbox":

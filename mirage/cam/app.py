@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import functools
 import logging
+import os
 import signal
 import threading
 import time

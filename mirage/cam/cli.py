@@ -49,8 +49,15 @@ def add_cam_arguments(p: argparse.ArgumentParser) -> None:
         default="virtual",
         help="virtual (virtual camera; virtual:/dev/video10 picks one), window (preview), or file:OUT.mp4 (default virtual)",
     )
-    p.add_argument("--audio-out", default=None, metavar="DEVICE", help="play the returned audio on this output device (index or name; 'default')")
-    p.add_argument("--audio-in", default=None, metavar="DEVICE", help="microphone to send (index or name; default: the default input when --audio-out is given)")
+    p.add_argument(
+        "--audio-out", default=None, metavar="DEVICE", help="play the returned audio on this output device (index or name; 'default')"
+    )
+    p.add_argument(
+        "--audio-in",
+        default=None,
+        metavar="DEVICE",
+        help="microphone to send (index or name; default: the default input when --audio-out is given)",
+    )
     p.add_argument(
         "--fallback",
         choices=["blur", "passthrough"],

@@ -24,15 +24,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # the parser is built on every CLI start: aiortc is imported only to run
     import numpy as np
 
     from mirage.client.encoded import EncodedClip
-    from mirage.client.session import SessionOptions
+    from mirage.client.session import MirageSession, SessionOptions
     from mirage.client.sources import VideoSource
 
 logger = logging.getLogger(__name__)
@@ -55,11 +53,27 @@ def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--fps", type=float, default=None, help="send rate (default: the source's)")
     p.add_argument("--size", default="640x480", help="frame size of the default clip, WxH (default 640x480)")
     p.add_argument("--audio", action="store_true", help="also send an audio track (a 440 Hz tone)")
-    p.add_argument("--audio-file", type=Path, default=None, help="send this WAV (speech, looped) as the audio track instead of the tone (implies --audio)")
+    p.add_argument(
+        "--audio-file",
+        type=Path,
+        default=None,
+        help="send this WAV (speech, looped) as the audio track instead of the tone (implies --audio)",
+    )
     p.add_argument("--voice", default=None, help="voice to ask for: off, a preset (deep, low, disguise, high, bright), custom or rvc:NAME")
-    p.add_argument("--pitch", type=float, default=None, help="pitch shift in semitones (without --voice: the DSP disguise with exactly this)")
-    p.add_argument("--formant", type=float, default=None, help="formant factor, 0.7-1.4 (without --voice: the DSP disguise with exactly this)")
+    p.add_argument(
+        "--pitch", type=float, default=None, help="pitch shift in semitones (without --voice: the DSP disguise with exactly this)"
+    )
+    p.add_argument(
+        "--formant", type=float, default=None, help="formant factor, 0.7-1.4 (without --voice: the DSP disguise with exactly this)"
+    )
     p.add_argument("--record-audio", type=Path, default=None, help="write each session's returned audio to DIR/session-N.wav")
+    p.add_argument(
+        "--av-marks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put an A/V mark (60 ms silence + 40 ms tone burst, once a second) in the sent audio and report "
+        "av_offset_ms per session (default: on with --audio, off with --audio-file, whose speech it would cut)",
+    )
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for each session to come up")
     p.add_argument(
         "--encode",
@@ -97,6 +111,8 @@ class LoadPlan:
     voice_options: dict[str, Any] | None = None
     #: Folder for each session's returned audio (``session-N.wav``).
     record_audio: Path | None = None
+    #: A/V marks in the sent audio, for ``av_offset_ms`` (mirage.client.avsync).
+    av_marks: bool = False
 
 
 def clip_period(source: VideoSource, fps: float, seconds: float = 10.0) -> int:
@@ -127,6 +143,7 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
         tone_hz=440.0 if plan.audio else None,
         audio_samples=plan.audio_samples,
         record_audio=plan.record_audio is not None,
+        av_marks=plan.av_marks,
         fps=plan.fps,
         connect_timeout_s=plan.connect_timeout_s,
         encoded=encoded,
@@ -162,7 +179,9 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
         await session.close()
     record.update(stats.summary())
     if config.audio:
-        record.update(audio_chunks=stats.audio_frames, audio_dropped=stats.audio_dropped)
+        record.update(
+            audio_chunks=stats.audio_frames, audio_dropped=stats.audio_dropped, av_offset_ms=stats.av_offset_summary()
+        )
     if plan.record_audio is not None:
         record["audio_file"] = _write_returned_audio(plan.record_audio, index, session.returned_audio)
     record.update(
@@ -224,7 +243,7 @@ def _audio_file(path: Path | None) -> np.ndarray | None:
 async def _sleep_unless_ended(session: MirageSession, seconds: float) -> None:
     try:
         await asyncio.wait_for(session.ended.wait(), max(seconds, 0.0))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
@@ -291,6 +310,7 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
         audio_samples=audio_samples,
         voice_options=voice_options,
         record_audio=args.record_audio,
+        av_marks=bool(args.av_marks) if args.av_marks is not None else (args.audio and audio_samples is None),
     )
 
 

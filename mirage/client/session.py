@@ -36,15 +36,16 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcrtpsender import RTCRtpSender
 
+from mirage.client.encoded import EncodedClip
+from mirage.client.avsync import AvMarks, offset_summary
 from mirage.client.jitter import use_marker_frames
 from mirage.client.sources import VideoSource
-from mirage.client.encoded import EncodedClip
 from mirage.client.stamp import frame_distance, read_stamp
 from mirage.client.tracks import LoopedAudioTrack, PreEncodedVideoTrack, SendLedger, StampedVideoTrack, ToneAudioTrack
 from mirage.errors import MirageError
-from mirage.webrtc.guard import IcePolicy, guard_peer_connection
 from mirage.types import Image
 from mirage.video import video_frame_to_bgr
+from mirage.webrtc.guard import IcePolicy, guard_peer_connection
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class ClientConfig:
     audio_samples: np.ndarray | None = field(default=None, repr=False)
     #: Keep the returned audio (48 kHz mono float) in :attr:`MirageSession.returned_audio`.
     record_audio: bool = False
+    #: Put an A/V mark in the sent audio once a second and measure the returned audio's offset from the
+    #: returned video (``SessionStats.av_offsets_ms``; :mod:`mirage.client.avsync`). Needs ``audio``.
+    av_marks: bool = False
     fps: float | None = None
     connect_timeout_s: float = 60.0
     #: Decode each received frame on its last packet (RTP marker) instead of on the next
@@ -164,6 +168,8 @@ class SessionStats:
     #: Returned audio frames missing (gaps in the returned track's timestamps, in 20 ms frames).
     audio_dropped: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    #: Returned audio minus returned video, per A/V mark (ms; positive: the audio is later).
+    av_offsets_ms: list[float] = field(default_factory=list)
     first_at: float | None = None
     last_at: float | None = None
     _seen: set[int] = field(default_factory=set, repr=False)
@@ -211,6 +217,10 @@ class SessionStats:
             "dropped": self.dropped,
             "errors": self.errors,
         }
+
+    def av_offset_summary(self) -> dict[str, float | int] | None:
+        """p50/p95 of the A/V offsets (ms, audio later = positive); None without marks."""
+        return offset_summary(self.av_offsets_ms)
 
 
 def _ws_url(base: str) -> str:
@@ -263,6 +273,8 @@ class MirageSession:
         self._next_id = 1
         self._video: StampedVideoTrack | PreEncodedVideoTrack | None = None
         self._audio: ToneAudioTrack | LoopedAudioTrack | None = None
+        #: The A/V marks (``config.av_marks`` with audio), shared by the sent audio and both receivers.
+        self.av_marks: AvMarks | None = AvMarks() if config.av_marks and config.audio else None
         #: The returned audio as 48 kHz mono float pieces (with ``config.record_audio``).
         self.returned_audio: list[np.ndarray] = []
         self._connected = asyncio.Event()
@@ -284,7 +296,7 @@ class MirageSession:
         """Open the session; raises :class:`SessionRefused` or :class:`SessionFailed`."""
         try:
             await asyncio.wait_for(self._connect(), self.config.connect_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.close()
             raise SessionFailed(
                 f"The session did not come up within {self.config.connect_timeout_s:.0f} s."
@@ -328,10 +340,11 @@ class MirageSession:
                 + [c for c in codecs if c.mimeType.lower() != "video/h264"]
             )
         if self.config.audio:
+            marks = {"marks": self.av_marks} if self.av_marks is not None else {}
             if self.config.audio_samples is not None:
-                self._audio = LoopedAudioTrack(self.config.audio_samples)
+                self._audio = LoopedAudioTrack(self.config.audio_samples, **marks)
             else:
-                self._audio = ToneAudioTrack(self.config.tone_hz)
+                self._audio = ToneAudioTrack(self.config.tone_hz, **marks)
             pc.addTransceiver(self._audio, direction="sendrecv")
         channel = self._channel = pc.createDataChannel("control")
         channel.on("open", self._channel_open.set)
@@ -358,7 +371,7 @@ class MirageSession:
             body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
             code = HTTP_CODES.get(status, "http_error")
             raise SessionRefused(code, _message_from_body(body) or f"The server refused the session (HTTP {status}).") from None
-        except (OSError, websockets.exceptions.WebSocketException, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
             raise SessionFailed(f"Could not open the session WebSocket at {url}: {exc}") from None
 
         try:
@@ -507,6 +520,8 @@ class MirageSession:
                 if sent is not None:
                     latency = (now - sent) * 1000.0
                     stats.latencies_ms.append(latency)
+                    if self.av_marks is not None:
+                        self.av_marks.video_received(sent, now)
             image = video_frame_to_bgr(frame) if want_image else None
             received = ReceivedFrame(number, image, now, latency, frame.pts, (frame.width, frame.height))
             self._first_frame.set()
@@ -533,13 +548,16 @@ class MirageSession:
         return unwrapped
 
     async def _drain_audio(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000) if self.config.record_audio else None
+        marks = self.av_marks
+        keep = self.config.record_audio or marks is not None
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48_000) if keep else None
         expected: int | None = None
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            now = time.monotonic()
             self.stats.audio_frames += 1
             pts, samples = getattr(frame, "pts", None), getattr(frame, "samples", 0)
             if isinstance(pts, int) and samples:
@@ -548,7 +566,11 @@ class MirageSession:
                 expected = pts + samples
             if resampler is not None:
                 for mono in resampler.resample(frame):
-                    self.returned_audio.append(mono.to_ndarray().reshape(-1).astype(np.float32) / 32768.0)
+                    samples_f = mono.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                    if self.config.record_audio:
+                        self.returned_audio.append(samples_f)
+                    if marks is not None:
+                        self.stats.av_offsets_ms.extend(r.offset_ms for r in marks.audio_received(samples_f, now))
 
     async def _read_ws(self) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -646,7 +668,7 @@ class MirageSession:
             else:
                 await self.send_raw(json.dumps(payload), via=via)
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SessionFailed(f"No reply to the {message.get('type')!r} message within {timeout:.0f} s.") from None
         finally:
             self._pending.pop(message_id, None)

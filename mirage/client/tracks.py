@@ -13,9 +13,10 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from mirage.client.avsync import AvMarks
 from mirage.client.encoded import EncodedClip
-from mirage.client.stamp import MODULUS, stamp
 from mirage.client.sources import VideoSource
+from mirage.client.stamp import MODULUS, stamp
 from mirage.types import Image
 from mirage.video import bgr_to_video_frame
 
@@ -141,12 +142,24 @@ class PreEncodedVideoTrack(MediaStreamTrack):
 
 
 class ToneAudioTrack(MediaStreamTrack):
-    """20 ms frames of 48 kHz mono s16 audio: silence, or a sine tone at ``frequency`` Hz."""
+    """20 ms frames of 48 kHz mono s16 audio: silence, or a sine tone at ``frequency`` Hz.
+
+    With ``marks``, an A/V mark (silence, then a tone burst) is written in once a
+    second and its send time recorded (:mod:`mirage.client.avsync`).
+    """
 
     kind = "audio"
 
-    def __init__(self, frequency: float | None = None, *, amplitude: float = 0.2, sample_rate: int = 48_000) -> None:
+    def __init__(
+        self,
+        frequency: float | None = None,
+        *,
+        amplitude: float = 0.2,
+        sample_rate: int = 48_000,
+        marks: AvMarks | None = None,
+    ) -> None:
         super().__init__()
+        self.marks = marks
         self.frequency = frequency
         self.amplitude = amplitude
         self.sample_rate = sample_rate
@@ -164,7 +177,10 @@ class ToneAudioTrack(MediaStreamTrack):
             due = self._start + self._sent / self.sample_rate
             if due > now:
                 await asyncio.sleep(due - now)
-        frame = av.AudioFrame.from_ndarray(self._chunk(), format="s16", layout="mono")
+        pcm = self._chunk()
+        if self.marks is not None:
+            pcm = self.marks.mark_audio(pcm, self._sent, time.monotonic())
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate = self.sample_rate
         frame.pts = self._sent
         frame.time_base = fractions.Fraction(1, self.sample_rate)
@@ -186,8 +202,8 @@ class LoopedAudioTrack(ToneAudioTrack):
     disguise has something to work on).
     """
 
-    def __init__(self, samples: np.ndarray, *, sample_rate: int = 48_000) -> None:
-        super().__init__(None, sample_rate=sample_rate)
+    def __init__(self, samples: np.ndarray, *, sample_rate: int = 48_000, marks: AvMarks | None = None) -> None:
+        super().__init__(None, sample_rate=sample_rate, marks=marks)
         x = np.clip(np.asarray(samples, np.float32).reshape(-1), -1.0, 1.0)
         if x.size < self.samples:
             x = np.concatenate([x, np.zeros(self.samples - x.size, np.float32)])

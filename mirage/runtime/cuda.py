@@ -272,7 +272,11 @@ class CudaRuntime:
         if not host.flags.c_contiguous:
             raise ValueError("host array must be C-contiguous")
         rc = self._lib.cudaMemcpyAsync(
-            ctypes.c_void_p(device_ptr), ctypes.c_void_p(host.ctypes.data), host.nbytes, _CUDA_MEMCPY_HOST_TO_DEVICE, ctypes.c_void_p(stream)
+            ctypes.c_void_p(device_ptr),
+            ctypes.c_void_p(host.ctypes.data),
+            host.nbytes,
+            _CUDA_MEMCPY_HOST_TO_DEVICE,
+            ctypes.c_void_p(stream),
         )
         self._check(rc, "copy to device")
 
@@ -281,6 +285,10 @@ class CudaRuntime:
         if not host.flags.c_contiguous:
             raise ValueError("host array must be C-contiguous")
         rc = self._lib.cudaMemcpyAsync(
-            ctypes.c_void_p(host.ctypes.data), ctypes.c_void_p(device_ptr), host.nbytes, _CUDA_MEMCPY_DEVICE_TO_HOST, ctypes.c_void_p(stream)
+            ctypes.c_void_p(host.ctypes.data),
+            ctypes.c_void_p(device_ptr),
+            host.nbytes,
+            _CUDA_MEMCPY_DEVICE_TO_HOST,
+            ctypes.c_void_p(stream),
         )
         self._check(rc, "copy to host")

@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -40,7 +40,7 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 #: A provider as ONNX Runtime takes it: a name, or (name, options).
-Provider = Union[str, tuple[str, dict[str, str]]]
+Provider = str | tuple[str, dict[str, str]]
 
 _TRUE = {"1", "true", "yes", "on"}
 

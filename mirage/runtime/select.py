@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from mirage.runtime.tensorrt_model import TensorRTModel
 logger = logging.getLogger(__name__)
 
 RuntimeKind = Literal["tensorrt", "cuda", "cpu"]
-Model = Union[OrtModel, TensorRTModel]
+Model = OrtModel | TensorRTModel
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -342,7 +342,9 @@ def warm_up(
             dims = list(given) if given is not None else list(info.shape[1:])
             sample = [d for d in dims if isinstance(d, int) and d > 0]
             if len(sample) != len(dims):
-                raise ModelUnavailableError(f"model {model.name}: input {info.name} has open dimensions {info.shape}; give its sample shape to warm it up")
+                raise ModelUnavailableError(
+                    f"model {model.name}: input {info.name} has open dimensions {info.shape}; give its sample shape to warm it up"
+                )
             shape: list[int] = [batch, *sample]
             feeds[info.name] = np.zeros(shape, dtype=info.dtype)
         started = time.perf_counter()

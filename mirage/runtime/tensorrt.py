@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -251,7 +251,8 @@ def _read_sample_shapes(
             sample = tuple(int(d) for d in overrides[value.name])
             if len(sample) != len(dims) - 1:
                 raise ModelUnavailableError(
-                    f"Shape override for input {value.name!r} of {onnx_path.name} has {len(sample)} dimensions; the model has {len(dims) - 1} after the batch."
+                    f"Shape override for input {value.name!r} of {onnx_path.name} has {len(sample)} dimensions; "
+                    f"the model has {len(dims) - 1} after the batch."
                 )
         else:
             rest = dims[1:]
@@ -332,7 +333,7 @@ def write_engine_file(path: Path, model_name: str, key: EngineKey, engine: bytes
         key_digest=key.digest(),
         engine_sha256=hashlib.sha256(engine).hexdigest(),
         engine_bytes=len(engine),
-        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         mirage_version=__version__,
         onnx_file=onnx_file,
     )
@@ -577,7 +578,9 @@ def build_engine(
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ModelUnavailableError(f"TensorRT failed to build an engine for {Path(onnx_path).name} (see the TensorRT errors logged above).")
+        raise ModelUnavailableError(
+            f"TensorRT failed to build an engine for {Path(onnx_path).name} (see the TensorRT errors logged above)."
+        )
     engine = bytes(memoryview(serialized))
     logger.info("built TensorRT engine for %s in %.1f s (%d bytes)", Path(onnx_path).name, time.perf_counter() - started, len(engine))
 

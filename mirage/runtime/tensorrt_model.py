@@ -109,7 +109,9 @@ class TensorRTModel(ModelInfo):
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(tensor))).type
             dims = tuple(int(d) for d in self._engine.get_tensor_shape(tensor))
             shape = tuple("batch" if (j == 0 and d < 0) else (None if d < 0 else d) for j, d in enumerate(dims))
-            found.append((TensorInfo(name=tensor, shape=shape, dtype=dtype), self._engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT))
+            found.append(
+                (TensorInfo(name=tensor, shape=shape, dtype=dtype), self._engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT)
+            )
         self.inputs, self.outputs = engine_io_in_onnx_order(found, self.path, name)
         self._lock = threading.Lock()
         self._stream = self._cuda.stream_create()

@@ -145,7 +145,13 @@ def choose_inswapper(
             break
     else:
         name = order[0]
-        why = "fp16 suits the GPU" if on_gpu and name.endswith("fp16") else "fp32 runs faster on a CPU" if not on_gpu and not name.endswith("fp16") else "the only one provisioned"
+        why = (
+            "fp16 suits the GPU"
+            if on_gpu and name.endswith("fp16")
+            else "fp32 runs faster on a CPU"
+            if not on_gpu and not name.endswith("fp16")
+            else "the only one provisioned"
+        )
         others = [n for n in present if n != name]
         choice = InSwapperChoice(name, present[name], f"provisioned ({why}{'; also present: ' + ', '.join(others) if others else ''})")
     logger.info("InSwapper: serving %s (%s)", choice.name, choice.reason)

@@ -236,7 +236,7 @@ class DspVoiceConverter:
         self, bufs: list[np.ndarray], states: list[DspState], params: list[VoiceParams], frames: int
     ) -> list[np.ndarray]:
         c = self.config
-        n, hop, bins = c.n_fft, c.hop, c.bins
+        n, hop = c.n_fft, c.hop
         batch = len(bufs)
         stacked = np.stack([b[: (frames - 1) * hop + n] for b in bufs])
         # (B, F, N) frame view without copies, then windowed.

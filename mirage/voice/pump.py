@@ -104,7 +104,7 @@ class VoicePump:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=drain_s)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
                 try:
                     await self._task
@@ -140,7 +140,7 @@ class VoicePump:
     async def _call(self, chunk: VoiceChunk) -> np.ndarray:
         try:
             result = await asyncio.wait_for(self._convert(chunk), timeout=self._deadline_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.timeouts += 1
             return self.stream.fallback(chunk)
         except asyncio.CancelledError:

@@ -195,7 +195,9 @@ class _Generator:
 class RvcConverter:
     """The RVC path of one replica: ContentVec and SwiftF0 loaded once, generators loaded on first use."""
 
-    def __init__(self, contentvec: Any, generators_dir: Path, config: RvcConfig | None = None, loader: Any = None, threads: int = 1) -> None:
+    def __init__(
+        self, contentvec: Any, generators_dir: Path, config: RvcConfig | None = None, loader: Any = None, threads: int = 1
+    ) -> None:
         from scipy.signal import firwin
         from swift_f0 import SwiftF0
 

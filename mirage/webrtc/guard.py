@@ -113,9 +113,8 @@ class IcePolicy:
                 logger.warning("ICE host address %r is not an IP address or a known interface; skipped", entry)
             for addr in candidates:
                 version = ipaddress.ip_address(addr).version
-                if (version == 4 and use_ipv4) or (version == 6 and use_ipv6):
-                    if addr not in out:
-                        out.append(addr)
+                if ((version == 4 and use_ipv4) or (version == 6 and use_ipv6)) and addr not in out:
+                    out.append(addr)
         return out
 
 

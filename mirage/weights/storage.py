@@ -123,13 +123,16 @@ def prepare_storage(models_dir: Path, persist: bool, persist_dir: Path) -> Stora
             models_dir,
             persist_env,
             persist_dir,
-            f"{persist_dir.parent} does not exist (no persistent volume mounted); using {models_dir} directly, downloads will not survive a restart",
+            f"{persist_dir.parent} does not exist (no persistent volume mounted); using {models_dir} directly, "
+            "downloads will not survive a restart",
         )
     try:
         persist_dir.mkdir(exist_ok=True)
         lock = FileLock(str(persist_dir / _STORAGE_LOCK))
     except OSError as exc:
-        return _fallback(models_dir, persist_env, persist_dir, f"cannot create {persist_dir} ({exc.strerror or exc}); using {models_dir} directly")
+        return _fallback(
+            models_dir, persist_env, persist_dir, f"cannot create {persist_dir} ({exc.strerror or exc}); using {models_dir} directly"
+        )
 
     with lock:
         if models_dir.is_symlink():  # this process or another one already linked it

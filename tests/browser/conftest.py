@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mirage.client.stamp import stamp
 from mirage.client.sources import ArraySource
+from mirage.client.stamp import stamp
 from tests.media import astronaut_clip, write_y4m
 
 CHROMIUM = Path(os.environ.get("MIRAGE_CHROMIUM", "/usr/bin/chromium"))

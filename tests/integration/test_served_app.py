@@ -34,7 +34,7 @@ async def _swapped_frames(session: MirageSession, want: int, timeout: float = 40
     while len(good) < want and time.monotonic() < deadline:
         try:
             frame = await asyncio.wait_for(session.frames.get(), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         if frame.number is None or frame.image is None:
             continue

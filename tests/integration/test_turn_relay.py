@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import cv2
 import pytest
@@ -137,7 +136,7 @@ def test_session_relayed_through_coturn(served: ServedApp, relay_app: str, turn:
             while sum(c.swapped for c in checks) < 3 and time.monotonic() < deadline:
                 try:
                     frame = await asyncio.wait_for(session.frames.get(), 5.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 if frame.number is not None and frame.image is not None:
                     # frames come back at the camera's size; compare at the analysis size

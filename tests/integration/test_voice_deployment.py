@@ -66,7 +66,7 @@ async def _session(handle: Any, speech: np.ndarray, voice: str, chunks: int) -> 
         try:
             result = await asyncio.wait_for(handle.convert.remote(chunk), timeout=5.0)
             out.append(stream.accept(chunk, result))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             out.append(stream.fallback(chunk))
         await asyncio.sleep(0.005)
     return np.concatenate(out), stream

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from mirage.detect.blazeface import (
+    _SPECS,
     BlazeFaceConfig,
     BlazeFaceDetector,
     DetectorInput,
-    _SPECS,
     anchor_centres,
     largest_faces,
     weighted_nms,

@@ -51,12 +51,12 @@ def test_real_face_inputs_are_preprocessed_like_serving(folder: Path) -> None:
     feeds, samples = reference_feeds("inswapper_128", swapper.inputs, max_batch=8)
     target, source = feeds["target"], feeds["source"]
     assert target.shape[0] >= 6 and target.shape[1:] == (3, 128, 128) and source.shape == (target.shape[0], 512)
-    assert 0.0 <= target.min() and target.max() <= 1.0 and target.std() > 0.1  # real pixels, not blank
+    assert target.min() >= 0.0 and target.max() <= 1.0 and target.std() > 0.1  # real pixels, not blank
     np.testing.assert_allclose(np.linalg.norm(source, axis=1), 1.0, rtol=1e-5)
     assert samples == f"{target.shape[0]} real aligned faces (128 px)"
     arcface = OrtModel(build_arcface_standin(folder / "arcface_standin.onnx"), OrtConfig(), "arcface_w600k_r50")
     blob = reference_feeds("arcface_w600k_r50", arcface.inputs)[0]["input.1"]
-    assert blob.shape[1:] == (3, 112, 112) and -1.0 <= blob.min() and blob.max() <= 1.0
+    assert blob.shape[1:] == (3, 112, 112) and blob.min() >= -1.0 and blob.max() <= 1.0
     scrfd = OrtModel(build_scrfd_standin(folder / "scrfd_standin.onnx", dynamic=True), OrtConfig(), "scrfd_10g")
     feeds, samples = reference_feeds("scrfd_10g", scrfd.inputs, sample_shapes={"input.1": (3, 640, 640)})
     assert feeds["input.1"].shape[1:] == (3, 640, 640) and "real photos" in samples

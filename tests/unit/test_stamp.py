@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mirage.client.stamp import BAND_WIDTH, BLOCK, MODULUS, frame_distance, read_stamp, stamp
 from mirage.client.sources import astronaut_source
+from mirage.client.stamp import BAND_WIDTH, BLOCK, MODULUS, frame_distance, read_stamp, stamp
 
 
 def _vp8_roundtrip(frames: list[np.ndarray], bitrate: int = 250_000) -> list[np.ndarray]:
