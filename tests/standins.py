@@ -253,3 +253,84 @@ def build_scrfd_constant_standin(path: Path, outputs: list[np.ndarray]) -> Path:
     inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 3, "?", "?"])]
     outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(a.shape)) for n, a in zip(names, outputs)]
     return _save(helper.make_graph(b.nodes, "scrfd_constant_standin", inputs, outs, b.inits), path)
+
+
+# --------------------------------------------------------------------------- face enhancers (issue 11)
+
+#: Official I/O of the public enhancer exports (configs/models.yaml ``io``): name -> (side, has weight).
+ENHANCER_STANDIN_SPECS: dict[str, tuple[int, bool]] = {
+    "gfpgan_1.4": (512, False),
+    "codeformer": (512, True),
+    "gpen_bfr_256": (256, False),
+    "gpen_bfr_512": (512, False),
+}
+
+
+def build_enhancer_standin(path: Path, name: str, dynamic: bool = False, size: int | None = None) -> Path:
+    """Face-restorer stand-in with the public export's signature: ``input`` float32 [1, 3, S, S]
+    (CodeFormer also ``weight`` float64 [1]) → ``output`` float32 [1, 3, S, S], values in [-1, 1].
+
+    The output is ``tanh(x + 0.3 * conv(x))``: a visible, input-dependent change. The
+    CodeFormer stand-in scales the conv term by ``(1 - w)`` (w cast from float64), so its
+    output depends on the fidelity fed, and w = 1 gives ``tanh(x)``. The conv's weights
+    are reshaped through a batch-pinned ``Reshape([1, C, 1, 1])`` bias (as the batch-1
+    exports pin their batch), so the dynamic-batch rewrite has something to fix. ``size``
+    overrides the side (small stand-ins for fast tests; the manifest's shapes then differ).
+    """
+    path = _check_path(path)
+    side, has_weight = ENHANCER_STANDIN_SPECS[name]
+    side = size or side
+    b = _Builder(seed=512 + side + int(has_weight))
+    x = "input"
+    f = b.node("Relu", [b.conv(x, 3, 4)])
+    f = b.conv(f, 4, 3)
+    pinned = np.array([-1 if dynamic else 1, 3, 1, 1], dtype=np.int64)
+    bias = b.node("Reshape", [b.node("ReduceMean", [x], axes=[2, 3], keepdims=0), b.const(pinned, "bias_shape")])
+    f = b.node("Add", [f, b.node("Mul", [bias, b.const(np.array(0.2, np.float32), "bias_gain")])])
+    f = b.node("Mul", [f, b.const(np.array(0.3, np.float32), "gain")])
+    if has_weight:
+        w = b.node("Cast", ["weight"], to=TensorProto.FLOAT)
+        one_minus = b.node("Sub", [b.const(np.array([1.0], np.float32), "one"), w])
+        f = b.node("Mul", [f, one_minus])
+    y = b.node("Tanh", [b.node("Add", [x, f])])
+    b.nodes.append(helper.make_node("Identity", [y], ["output"]))
+    batch: int | str = "batch" if dynamic else 1
+    inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, 3, side, side])]
+    if has_weight:
+        inputs.append(helper.make_tensor_value_info("weight", TensorProto.DOUBLE, [1]))
+    outs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, side, side])]
+    return _save(helper.make_graph(b.nodes, f"{name.replace('.', '_')}_standin", inputs, outs, b.inits), path)
+
+
+def write_enhancer_standins(
+    models_dir: Path, names: tuple[str, ...] | None = None, dynamic: bool = False, size: int | None = None
+) -> Path:
+    """Stand-ins of the enhancers (default: all four) in ``models_dir`` and a manifest naming them.
+
+    The manifest is the real one with each enhancer's ``file`` moved to
+    ``enhance/<name>.standin.onnx`` (so logs say stand-in) and no digest; it is written to
+    ``models_dir/models.standin.yaml`` and its path returned, for
+    ``EnhancerConfig(models_dir=..., manifest=...)`` or ``offline_store``.
+    """
+    import yaml
+
+    from mirage.weights.manifest import DEFAULT_MANIFEST
+
+    models_dir = Path(models_dir)
+    raw = yaml.safe_load(DEFAULT_MANIFEST.read_text(encoding="utf-8"))
+    chosen = tuple(ENHANCER_STANDIN_SPECS) if names is None else names
+    for entry in raw["models"]:
+        if entry.get("stage") != "enhance":
+            continue
+        rel = f"enhance/{entry['name']}.standin.onnx"
+        entry["file"], entry["sha256"], entry["size"] = rel, None, None
+        if size is not None and entry.get("io"):
+            entry["io"]["size"] = size
+            for tensor in entry["io"]["inputs"] + entry["io"]["outputs"]:
+                if len(tensor["shape"]) == 4:
+                    tensor["shape"] = [1, 3, size, size]
+        if entry["name"] in chosen:
+            build_enhancer_standin(models_dir / rel, entry["name"], dynamic=dynamic, size=size)
+    manifest = models_dir / "models.standin.yaml"
+    manifest.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return manifest

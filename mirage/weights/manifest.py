@@ -22,6 +22,32 @@ Stage = Literal["detect", "landmarks", "identity", "swap", "enhance", "voice"]
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "configs" / "models.yaml"
 
 
+class TensorSpec(BaseModel):
+    """One input or output of a model as its public export declares it (name, shape, dtype)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    #: Dimensions: ints, or a name for a free one (``batch``).
+    shape: tuple[int | str, ...]
+    dtype: Literal["float32", "float16", "float64", "int64"] = "float32"
+
+
+class ModelIO(BaseModel):
+    """How an image model is fed: its tensors, input size, colour order, value range and
+    the 5-point alignment template its training faces were cropped with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    size: int | None = Field(default=None, gt=0)
+    colour: Literal["rgb", "bgr"] = "rgb"
+    #: ``minus_one_to_one``: x / 127.5 - 1 in, (y + 1) * 127.5 out; ``zero_to_one``: x / 255, y * 255.
+    normalisation: Literal["minus_one_to_one", "zero_to_one"] = "minus_one_to_one"
+    template: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$")
+
+
 class ModelEntry(BaseModel):
     """One model: identity, location, integrity and licence."""
 
@@ -41,6 +67,8 @@ class ModelEntry(BaseModel):
     required: bool = False
     embedded: str | None = None
     notes: str | None = None
+    #: Tensors and pre-processing (image models whose loader reads them, e.g. the enhancers).
+    io: ModelIO | None = None
 
     @field_validator("file")
     @classmethod
