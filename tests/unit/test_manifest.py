@@ -28,6 +28,8 @@ def test_real_manifest_parses_and_lists_every_model() -> None:
         "inswapper_128_fp16",
         "codeformer",
         "gfpgan_1.4",
+        "gpen_bfr_256",
+        "gpen_bfr_512",
         "contentvec_768_l12",
     }
 
