@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +49,12 @@ _ELEMENTWISE = frozenset(
 )
 
 
-def make_batch_dynamic(src: Path, dst: Path, dim_name: str = "batch") -> None:
-    """Write ``src`` with a symbolic batch dimension to ``dst`` (may equal ``src``)."""
+def make_batch_dynamic(src: Path, dst: Path, dim_name: str = "batch", shared: Collection[str] = ()) -> None:
+    """Write ``src`` with a symbolic batch dimension to ``dst`` (may equal ``src``).
+
+    ``shared`` names inputs that are not per sample (CodeFormer's ``weight``: one value
+    per call); they keep their shape and are not followed as batch tensors.
+    """
     src, dst = Path(src), Path(dst)
     model = _load(src)
     graph = model.graph
@@ -59,7 +63,7 @@ def make_batch_dynamic(src: Path, dst: Path, dim_name: str = "batch") -> None:
     if not real_inputs or not graph.node:
         raise ModelUnavailableError(f"{src} is not an ONNX model with inputs and nodes.")
 
-    input_names = {vi.name for vi in real_inputs}
+    input_names = {vi.name for vi in real_inputs} - set(shared)
     rewritten_outputs = _rewrite_reshapes(graph, input_names, _leading_dims(model))
     for value in graph.input:  # re-read: the rewrite may have rebuilt the input list
         if value.name in input_names:
@@ -265,11 +269,13 @@ def check_batch_equivalence(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     rtol: float = 1e-3,
     atol: float = 1e-4,
+    shared: Collection[str] = (),
 ) -> None:
     """Raise ModelUnavailableError unless ``dst`` at batch N equals ``src`` run N times at batch 1.
 
     ``input_shapes`` gives the batch-1 shape of inputs with symbolic non-batch dims
-    (e.g. SCRFD's ``{"input.1": (1, 3, 640, 640)}``). Runs on the CPU provider.
+    (e.g. SCRFD's ``{"input.1": (1, 3, 640, 640)}``). ``shared`` inputs (not per sample)
+    get one value of their declared shape, the same in every run. Runs on the CPU provider.
     """
     import onnxruntime as ort  # local: only provisioning needs a session here
 
@@ -280,20 +286,25 @@ def check_batch_equivalence(
     batched = ort.InferenceSession(str(dst), sess_options=options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds: dict[str, np.ndarray] = {}
+    fixed: dict[str, np.ndarray] = {}
     for arg in single.get_inputs():
+        dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(arg.type, np.float32)
+        if arg.name in shared:
+            dims = [d if isinstance(d, int) and d > 0 else 1 for d in (input_shapes or {}).get(arg.name, arg.shape)]
+            fixed[arg.name] = rng.uniform(0.0, 1.0, size=dims).astype(dtype)
+            continue
         shape = list((input_shapes or {}).get(arg.name, arg.shape))
         if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
             raise ValueError(f"give a concrete batch-1 shape for input {arg.name!r} (model says {arg.shape})")
-        dtype = np.float16 if arg.type == "tensor(float16)" else np.float32
         feeds[arg.name] = rng.uniform(0.0, 1.0, size=[batch, *shape[1:]]).astype(dtype)
     try:
-        together = batched.run(None, feeds)
+        together = batched.run(None, {**feeds, **fixed})
     except Exception as exc:  # onnxruntime's own exception types
         raise ModelUnavailableError(
             f"The batch-dynamic rewrite of {src.name} fails at batch {batch}: {exc}; serve it at batch 1 instead."
         ) from exc
     for i in range(batch):
-        alone = single.run(None, {name: value[i : i + 1] for name, value in feeds.items()})
+        alone = single.run(None, {**{name: value[i : i + 1] for name, value in feeds.items()}, **fixed})
         for output, got, want in zip(single.get_outputs(), together, alone):
             got_i = got[i] if got.ndim == want.ndim + 1 else got[i : i + 1]
             if got_i.shape != want.shape and got_i.size == want.size:

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 REWRITE_SUFFIX = ".batch-dynamic.onnx"
 
+#: Inputs that are one value per call, not per sample, by model name: they keep their
+#: shape in the rewrite (CodeFormer's fidelity ``weight``, float64 [1]).
+SHARED_INPUTS: dict[str, tuple[str, ...]] = {"codeformer": ("weight",)}
+
 
 def rewrite_path(path: Path) -> Path:
     """Where the dynamic-batch rewrite of ``path`` lives (beside it)."""
@@ -72,7 +76,9 @@ def _batch1_shapes(name: str) -> dict[str, tuple[int, ...]] | None:
     return shapes or None
 
 
-def batch_dynamic_copy(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Path:
+def batch_dynamic_copy(
+    path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None, shared: Sequence[str] = ()
+) -> Path:
     """The dynamic-batch rewrite of a model file, made once beside it (a weights cache).
 
     The rewrite is proven once with ONNX Runtime (batch 2 equals two batch-1
@@ -84,8 +90,8 @@ def batch_dynamic_copy(path: Path, input_shapes: Mapping[str, Sequence[int]] | N
     if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
         return target
     try:
-        make_batch_dynamic(path, target)
-        check_batch_equivalence(path, target, input_shapes=input_shapes)
+        make_batch_dynamic(path, target, shared=shared)
+        check_batch_equivalence(path, target, input_shapes=input_shapes, shared=shared)
     except ModelUnavailableError as exc:
         target.unlink(missing_ok=True)
         logger.warning("%s: dynamic-batch rewrite not usable (%s); running it at batch 1.", path.name, exc)
@@ -99,7 +105,7 @@ def served_onnx(name: str, path: Path, *, dynamic: bool = True) -> Path:
     path = Path(path)
     if not dynamic or path.name.endswith(REWRITE_SUFFIX) or is_batch_dynamic(path):
         return path
-    return batch_dynamic_copy(path, _batch1_shapes(name))
+    return batch_dynamic_copy(path, _batch1_shapes(name), SHARED_INPUTS.get(name, ()))
 
 
 def prepared_served_onnx(name: str, path: Path, *, dynamic: bool = True) -> Path | None:

@@ -555,6 +555,10 @@ def build_engine(
         tensor = network.get_input(i)
         if tensor.name not in shapes:
             raise ModelUnavailableError(f"{Path(onnx_path).name} has an input {tensor.name!r} the engine key does not describe.")
+        dims = tuple(int(d) for d in tensor.shape)
+        if dims and dims[0] > 0:  # a fixed leading dimension is not a batch (e.g. CodeFormer's shared weight)
+            profile.set_shape(tensor.name, dims, dims, dims)
+            continue
         sample = shapes[tensor.name]
         profile.set_shape(tensor.name, (p.min_batch, *sample), (p.opt_batch, *sample), (p.max_batch, *sample))
 

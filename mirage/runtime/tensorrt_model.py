@@ -138,7 +138,9 @@ class TensorRTModel(ModelInfo):
         if missing:
             raise ValueError(f"model {self.name} needs inputs {missing}")
         arrays = {info.name: np.asarray(feeds[info.name]) for info in self.inputs}
-        batch = {a.shape[0] for a in arrays.values()}
+        # Inputs with a fixed leading dimension are one value per call (not sliced, not batched).
+        batched = {info.name for info in self.inputs if not isinstance(info.shape[0] if info.shape else 0, int)}
+        batch = {a.shape[0] for k, a in arrays.items() if k in batched or not batched}
         if len(batch) != 1:
             raise ValueError(f"model {self.name}: inputs disagree on the batch size ({sorted(batch)})")
         total = batch.pop()
@@ -154,7 +156,7 @@ class TensorRTModel(ModelInfo):
         with self._lock:
             for start in range(0, total, self.max_batch):
                 stop = min(start + self.max_batch, total)
-                result = self._run_chunk({k: v[start:stop] for k, v in arrays.items()})
+                result = self._run_chunk({k: v[start:stop] if k in batched or not batched else v for k, v in arrays.items()})
                 for name in names:
                     pieces[name].append(result[name])
         return [np.concatenate(pieces[name]) if len(pieces[name]) > 1 else pieces[name][0] for name in names]
