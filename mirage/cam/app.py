@@ -45,6 +45,7 @@ from mirage.cam.fallback import FallbackRenderer
 from mirage.cam.meter import RateMeter
 from mirage.cam.sinks import AudioSink, VideoSink
 from mirage.cam.status import StatusLine
+from mirage.client.retry import RetryPolicy, reconnect_delay, retry_hint
 from mirage.client.session import (
     ClientConfig,
     MirageSession,
@@ -213,6 +214,11 @@ class CamApp:
         self.swapped_written = 0
         self.fallback_written = 0
         self.sessions = 0
+        #: Waits after "server full" (the server's hint, back-off, jitter); reset once connected.
+        self.retry = RetryPolicy(initial_s=settings.backoff_initial_s, max_s=settings.backoff_max_s, give_up_after_s=None)
+        self.full_retries = 0
+        #: Sessions moved to another replica because theirs went away (server_shutdown / close 1001).
+        self.moves = 0
         self._latest: ReceivedFrame | None = None
         self._latest_at: float | None = None
         self._prepared: Image | None = None
@@ -307,6 +313,9 @@ class CamApp:
                     raise
                 delay = backoff.next()
                 if exc.code == "server_full":
+                    # Never before the server's hint; jitter so clients refused together spread out.
+                    delay = self.retry.delay(self.full_retries, retry_hint(exc))
+                    self.full_retries += 1
                     self.state = SERVER_FULL
                     self.status.notice(f"The server is full; trying again in {delay:.0f} s{self._meanwhile()}.")
                 else:
@@ -324,6 +333,7 @@ class CamApp:
                 await asyncio.sleep(delay)
                 continue
             ever_connected = True
+            self.full_retries = 0
             self.state = LIVE
             self._latest = None
             self._latest_at = None
@@ -334,6 +344,13 @@ class CamApp:
             self.state = RECONNECTING
             self._latest = None
             await session.close()
+            soon = reconnect_delay(session.close_code, _saw_shutdown(session))
+            if soon is not None:
+                # The server is going away (scale-down, redeploy): move to another replica now.
+                self.moves += 1
+                self.status.notice(f"The server is moving this session: reconnecting now{self._meanwhile()}.")
+                await asyncio.sleep(soon)
+                continue
             delay = backoff.next()
             self.status.notice(f"Lost the session: {reason}; reconnecting in {delay:.0f} s{self._meanwhile()}.")
             await asyncio.sleep(delay)
@@ -457,6 +474,11 @@ class CamApp:
         while self.capture.failed is None:
             await asyncio.sleep(0.5)
         raise CamError(f"{self.capture.failed.rstrip('.')}.")
+
+
+def _saw_shutdown(session: MirageSession) -> bool:
+    """The server said it is going away ("server_shutdown" event) before ending the session."""
+    return any(event.get("event") == "server_shutdown" for event in session.events)
 
 
 def _end_reason(session: MirageSession) -> str:

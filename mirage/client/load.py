@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -76,6 +77,14 @@ def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for each session to come up")
     p.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        help="while the server is full, retry a session this many seconds (back-off with jitter, never before the "
+        "server's retry_after_s hint), and move a session the server ends with 'server_shutdown'/1001 to another "
+        "replica at once; 0: no retries (default 60)",
+    )
+    p.add_argument(
         "--encode",
         choices=["once", "live"],
         default="once",
@@ -101,6 +110,8 @@ class LoadPlan:
     fps: float | None = None
     audio: bool = False
     connect_timeout_s: float = 60.0
+    #: Retry a refused session this long (mirage.client.retry); 0: no retries, no moves.
+    retry_for_s: float = 60.0
     #: "once": encode the clip once and replay it in every session; "live": one encoder per session.
     encode: Literal["once", "live"] = "once"
     #: With ``encode="once"``: a clip encoded earlier (several runs share one encode); else one is made.
@@ -149,19 +160,39 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
         encoded=encoded,
         ice=IcePolicy.from_env(os.environ),  # MIRAGE_ICE_HOST_ADDRESSES / MIRAGE_ICE_ANNOUNCED_ADDRESS
     )
-    session = MirageSession(config)
+    from mirage.client.retry import RetryPolicy, RetryStats, open_with_retry, plain_message, reconnect_delay
+
+    retry_stats = RetryStats()
+
+    def on_wait(seconds: float, exc: SessionRefused) -> None:
+        print(f"mirage load: session {index}: {plain_message(exc)}; retrying in {seconds:.1f} s", file=sys.stderr)
+
+    async def open_once() -> MirageSession:
+        attempt = MirageSession(config)
+        await attempt.connect()  # closes itself on failure
+        return attempt
+
+    async def open_session() -> MirageSession:
+        if plan.retry_for_s <= 0:
+            retry_stats.attempts += 1
+            return await open_once()
+        policy = RetryPolicy(give_up_after_s=plan.retry_for_s)
+        return await open_with_retry(open_once, policy, on_wait=on_wait, stats=retry_stats)
+
     record: dict[str, Any] = {"index": index, "connected": False, "error": None, "code": None}
     try:
-        await session.connect()
+        session = await open_session()
     except SessionRefused as exc:
-        record.update(error=exc.message, code=exc.code)
+        record.update(error=exc.message, code=exc.code, retries=retry_stats.retries)
         record.update(SessionStats().summary())
         return record
     except SessionError as exc:
-        record.update(error=str(exc), code="connection_failed")
+        record.update(error=str(exc), code="connection_failed", retries=retry_stats.retries)
         record.update(SessionStats().summary())
         return record
     record.update(connected=True, session_id=session.session_id, note=session.note)
+    reconnect_gaps_ms: list[float] = []
+    frames_before = 0
     try:
         if plan.voice_options:
             reply = await session.set_options(**plan.voice_options)
@@ -170,13 +201,44 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
                 session.stats.errors += 1
         await _sleep_unless_ended(session, plan.warmup)
         session.stats = SessionStats()  # measure only the steady state
-        await _sleep_unless_ended(session, plan.seconds)
-        if session.ended.is_set():
+        end_at = time.monotonic() + plan.seconds
+        while True:
+            await _sleep_unless_ended(session, end_at - time.monotonic())
+            if not session.ended.is_set() or time.monotonic() >= end_at:
+                break
+            saw_shutdown = any(e.get("event") == "server_shutdown" for e in session.events)
+            if reconnect_delay(session.close_code, saw_shutdown) is None or plan.retry_for_s <= 0:
+                break
+            # The replica is going away: move to another one at once, without anyone asking.
+            last_frame = session.stats.last_at
+            frames_before += session.stats.frames
+            await session.close()
+            print(f"mirage load: session {index}: the server is moving it (close {session.close_code}); "
+                  "reconnecting now", file=sys.stderr)
+            try:
+                session = await open_session()
+            except SessionError as exc:
+                record["error"] = f"could not reconnect after the server moved the session: {exc}"
+                session.stats.errors += 1
+                break
+            with contextlib.suppress(SessionError):
+                await session.wait_frames(1, timeout=max(1.0, end_at - time.monotonic()))
+            if last_frame is not None and session.stats.first_at is not None:
+                reconnect_gaps_ms.append(round((session.stats.first_at - last_frame) * 1000.0, 1))
+        if session.ended.is_set() and time.monotonic() < end_at:
             record["error"] = f"the session ended early (close code {session.close_code}: {session.close_reason or 'no reason'})"
             session.stats.errors += 1
     finally:
         stats = session.stats
         await session.close()
+    record.update(
+        retries=retry_stats.retries,
+        retry_wait_s=round(retry_stats.waited_s, 2),
+        reconnects=len(reconnect_gaps_ms),
+        reconnect_gap_ms=reconnect_gaps_ms,
+        frames_total=frames_before + stats.frames,
+        final_session_id=session.session_id,
+    )
     record.update(stats.summary())
     if config.audio:
         record.update(
@@ -261,6 +323,8 @@ async def run_plan(plan: LoadPlan) -> dict[str, Any]:
     return {
         "url": plan.url,
         "sessions": records,
+        "retries": sum(int(r.get("retries", 0)) for r in records),
+        "reconnects": sum(int(r.get("reconnects", 0)) for r in records),
         "requested_sessions": plan.sessions,
         "seconds": plan.seconds,
         "warmup_s": plan.warmup,
@@ -306,6 +370,7 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
         fps=args.fps,
         audio=args.audio,
         connect_timeout_s=args.connect_timeout,
+        retry_for_s=max(0.0, args.retry_for),
         encode=args.encode,
         audio_samples=audio_samples,
         voice_options=voice_options,
@@ -315,7 +380,10 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
 
 
 def _table(report: dict[str, Any]) -> str:
-    lines = [f"{'session':>7} {'fps':>6} {'p50 ms':>7} {'p95 ms':>7} {'frames':>6} {'dropped':>7} {'errors':>6}  status"]
+    lines = [
+        f"{'session':>7} {'fps':>6} {'p50 ms':>7} {'p95 ms':>7} {'frames':>6} {'dropped':>7} {'errors':>6} "
+        f"{'retries':>7} {'moves':>5}  status"
+    ]
     for record in report["sessions"]:
         def fmt(value: Any) -> str:
             return "-" if value is None else f"{value}"
@@ -323,7 +391,8 @@ def _table(report: dict[str, Any]) -> str:
         status = "ok" if record["connected"] and not record["error"] else (record["error"] or "failed")
         lines.append(
             f"{record['index']:>7} {fmt(record['fps']):>6} {fmt(record['g2g_p50_ms']):>7} {fmt(record['g2g_p95_ms']):>7} "
-            f"{record['frames']:>6} {record['dropped']:>7} {record['errors']:>6}  {status}"
+            f"{record['frames']:>6} {record['dropped']:>7} {record['errors']:>6} "
+            f"{record.get('retries', 0):>7} {record.get('reconnects', 0):>5}  {status}"
         )
     return "\n".join(lines)
 

@@ -78,10 +78,12 @@ class SessionError(MirageError):
 class SessionRefused(SessionError):
     """The server refused the session (or a request in it) with a code and one sentence."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: The server's hint: try again after this many seconds (``server_full``; mirage.client.retry).
+        self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return f"{self.message} ({self.code})"
@@ -380,7 +382,12 @@ class MirageSession:
             pass  # refused at once (e.g. server full): the reason is in the buffered reply or the close code
         reply = await self._first_reply()
         if reply.get("type") == "error":
-            raise SessionRefused(str(reply.get("code", "error")), str(reply.get("message", "The server refused the session.")))
+            hint = reply.get("retry_after_s")
+            raise SessionRefused(
+                str(reply.get("code", "error")),
+                str(reply.get("message", "The server refused the session.")),
+                float(hint) if isinstance(hint, (int, float)) and not isinstance(hint, bool) else None,
+            )
         if reply.get("type") != "answer" or not isinstance(reply.get("sdp"), str):
             raise SessionFailed(f"The server sent {reply.get('type')!r} where an answer was expected.")
         self.session_id = reply.get("session_id")
