@@ -72,10 +72,10 @@ def box_mask(size: int, blur: float = BOX_BLUR) -> npt.NDArray[np.float32]:
     mask[-area:, :] = 0.0
     mask[:, :area] = 0.0
     mask[:, -area:] = 0.0
-    mask = cv2.GaussianBlur(mask, (0, 0), amount * 0.25)
-    mask[0, :] = mask[-1, :] = 0.0
-    mask[:, 0] = mask[:, -1] = 0.0
-    return np.asarray(mask, np.float32)
+    blurred = np.asarray(cv2.GaussianBlur(mask, (0, 0), amount * 0.25), np.float32)
+    blurred[0, :] = blurred[-1, :] = 0.0
+    blurred[:, 0] = blurred[:, -1] = 0.0
+    return blurred
 
 
 class OnnxFaceEnhancer:
@@ -215,7 +215,7 @@ class OnnxFaceEnhancer:
             for i, face in zip(indices, self.from_tensor(out), strict=True):
                 faces[i] = face
         results: list[Image] = []
-        for item, (_, matrix), face in zip(items, aligned, faces, strict=True):
-            assert face is not None
-            results.append(self.paste(item, face, matrix))
+        for item, (_, matrix), maybe in zip(items, aligned, faces, strict=True):
+            assert maybe is not None
+            results.append(self.paste(item, maybe, matrix))
         return results
