@@ -68,8 +68,9 @@ class FaceEnhancer:
         logger.info("FaceEnhancer batching: %s", cfg.describe())
 
     @serve.batch(max_batch_size=ENHANCER_MAX_BATCH_SIZE, batch_wait_timeout_s=ENHANCER_BATCH_WAIT_S)
-    async def enhance(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:
-        in_thread = self._batching.compute_in_thread and any(r.name in self.bank.enhancers for r in requests)
+    async def enhance(self, requests: list[EnhanceRequest | tuple[str, EnhanceItem]]) -> list[EnhanceResult]:
+        names = {r.name if isinstance(r, EnhanceRequest) else r[0] for r in requests}
+        in_thread = self._batching.compute_in_thread and any(n in self.bank.enhancers for n in names)
         return await run_batch(self._metrics, "enhance", self.bank.enhance_batch, requests, in_thread)
 
     async def available(self) -> list[str]:

@@ -137,8 +137,14 @@ class EnhancerBank:
             return why
         return f"The {name} enhancer is not available on this server ({why})."
 
-    def enhance_batch(self, requests: Sequence[EnhanceRequest]) -> list[EnhanceResult]:
-        """Enhance faces from any sessions: grouped by model name, one batched call per model."""
+    def enhance_batch(self, requests: Sequence[EnhanceRequest | tuple[str, EnhanceItem]]) -> list[EnhanceResult]:
+        """Enhance faces from any sessions: grouped by model name, one batched call per model.
+
+        A request is an :class:`EnhanceRequest` or a plain ``(name, item)`` pair.
+        """
+        return self._enhance([r if isinstance(r, EnhanceRequest) else EnhanceRequest(*r) for r in requests])
+
+    def _enhance(self, requests: Sequence[EnhanceRequest]) -> list[EnhanceResult]:
         results: list[EnhanceResult] = [EnhanceResult(error=ENHANCE_FAILED)] * len(requests)
         groups: dict[str, list[int]] = {}
         for index, request in enumerate(requests):

@@ -353,3 +353,11 @@ def test_five_points_in_crop_from_mesh_or_five() -> None:
     np.testing.assert_array_equal(five_points_in_crop(meshed), five_point_from_mesh(mesh))
     with pytest.raises(ValueError, match="no landmarks"):
         five_points_in_crop(FaceCrop(image=crop.image, matrix=crop.matrix, frame_box=crop.frame_box))
+
+
+def test_bank_takes_plain_name_item_pairs() -> None:
+    a = _Recorder("gpen_bfr_512")
+    bank = EnhancerBank({"gpen_bfr_512": a})
+    image, points = _face_crop(32)
+    (result,) = bank.enhance_batch([("gpen_bfr_512", EnhanceItem(image, points))])
+    assert result.ok and a.calls == [1]
