@@ -42,7 +42,7 @@ from mirage.runtime.select import (
     default_engine_dir,
     probe_accelerators,
 )
-from mirage.runtime.served import is_batch_dynamic, served_onnx
+from mirage.runtime.served import SHARED_INPUTS, is_batch_dynamic, served_onnx
 from mirage.runtime.tensorrt import (
     KNOWN_SAMPLE_SHAPES,
     PRECISIONS,
@@ -54,8 +54,12 @@ from mirage.runtime.tensorrt import (
 
 logger = logging.getLogger(__name__)
 
-#: Compiled by default, when provisioned: the detector and identity models, and both InSwapper files.
-DEFAULT_MODELS = ("scrfd_10g", "arcface_w600k_r50", "inswapper_128", "inswapper_128_fp16")
+#: Compiled by default, when provisioned: the detector and identity models, both InSwapper files
+#: and the face enhancers (mirage/enhance/models.py ENHANCER_NAMES).
+DEFAULT_MODELS = (
+    "scrfd_10g", "arcface_w600k_r50", "inswapper_128", "inswapper_128_fp16",
+    "gfpgan_1.4", "codeformer", "gpen_bfr_256", "gpen_bfr_512",
+)
 EXIT_ERROR = 1
 #: A required model has no runnable path (neither an engine nor an ONNX file ONNX Runtime can run).
 EXIT_REQUIRED_UNRUNNABLE = 2
@@ -166,7 +170,7 @@ def compile_source(name: str, path: Path) -> Path:
     """The file to compile (and to key serving on): :func:`served_onnx`, which must be batch-dynamic
     for a batch 1..N engine."""
     source = served_onnx(name, path)
-    if not is_batch_dynamic(source):
+    if not is_batch_dynamic(source, SHARED_INPUTS.get(name, ())):
         raise ModelUnavailableError(
             f"{path.name} has a fixed batch and its dynamic-batch rewrite did not prove equivalent, so it cannot get "
             "a batch 1..N engine; serving runs it at batch 1 on ONNX Runtime."

@@ -213,7 +213,24 @@ def reference_feeds(
         batch = np.stack([letterbox(image, size).image for _, image in photos]).astype(np.float32)
         blob = ((batch[..., ::-1] - 127.5) / 128.0).transpose(0, 3, 1, 2)
         return {names[0]: np.ascontiguousarray(blob, dtype=inputs[0].dtype)}, f"{len(photos)} real photos of faces ({size} px letterbox)"
+    if model in _ENHANCERS:  # face restorers: real aligned faces, RGB scaled to [-1, 1]; CodeFormer's w = 0.75
+        image = next((i for i in inputs if i.name != "weight"), inputs[0])
+        side = image.shape[-1] if isinstance(image.shape[-1], int) else 512
+        crops, _ = aligned_faces(int(side), max_batch)
+        if not crops:
+            raise ModelUnavailableError("No real face was found in the packaged photos to check the engine with.")
+        batch = np.stack(crops).astype(np.float32)
+        blob = (batch[..., ::-1] / 127.5 - 1.0).transpose(0, 3, 1, 2)
+        feeds = {image.name: np.ascontiguousarray(blob, dtype=image.dtype)}
+        weight = next((i for i in inputs if i.name == "weight"), None)
+        if weight is not None:
+            feeds[weight.name] = np.array([0.75], dtype=weight.dtype)
+        return feeds, f"{len(crops)} real aligned faces ({side} px)"
     raise ModelUnavailableError(f"No real-face inputs are defined for {model}; its engine cannot be checked.")
+
+
+#: The face restorers (mirage/enhance/models.py ENHANCER_NAMES), checked on real aligned faces.
+_ENHANCERS = ("gfpgan_1.4", "codeformer", "gpen_bfr_256", "gpen_bfr_512")
 
 
 def check_against_onnxruntime(

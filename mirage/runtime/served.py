@@ -41,8 +41,9 @@ def rewrite_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}{REWRITE_SUFFIX}")
 
 
-def is_batch_dynamic(path: Path) -> bool:
-    """True when every graph input of the ONNX file has a free (symbolic) leading dimension.
+def is_batch_dynamic(path: Path, shared: Sequence[str] = ()) -> bool:
+    """True when every graph input of the ONNX file (but the ``shared`` ones, one value per
+    call) has a free (symbolic) leading dimension.
 
     Remembered per (path, size, mtime): InSwapper is half a gigabyte to parse.
     """
@@ -50,11 +51,11 @@ def is_batch_dynamic(path: Path) -> bool:
         st = Path(path).stat()
     except OSError as exc:
         raise ModelUnavailableError(f"Model file {path} cannot be read: {exc.strerror or exc}.") from exc
-    return _is_batch_dynamic(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    return _is_batch_dynamic(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, tuple(shared))
 
 
 @functools.lru_cache(maxsize=64)
-def _is_batch_dynamic(path: str, size: int, mtime_ns: int) -> bool:
+def _is_batch_dynamic(path: str, size: int, mtime_ns: int, shared: tuple[str, ...] = ()) -> bool:
     import onnx
 
     try:
@@ -63,7 +64,7 @@ def _is_batch_dynamic(path: str, size: int, mtime_ns: int) -> bool:
         raise ModelUnavailableError(f"{Path(path).name} is not a readable ONNX model ({exc.__class__.__name__}).") from exc
     initializers = {init.name for init in model.graph.initializer}
     for value in model.graph.input:
-        if value.name in initializers:
+        if value.name in initializers or value.name in shared:
             continue
         dims = value.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
@@ -103,7 +104,7 @@ def served_onnx(name: str, path: Path, *, dynamic: bool = True) -> Path:
     """The ONNX file serving loads for model ``name`` provisioned at ``path``, and the one
     ``models compile`` compiles (and keys the engine on). May make the rewrite."""
     path = Path(path)
-    if not dynamic or path.name.endswith(REWRITE_SUFFIX) or is_batch_dynamic(path):
+    if not dynamic or path.name.endswith(REWRITE_SUFFIX) or is_batch_dynamic(path, SHARED_INPUTS.get(name, ())):
         return path
     return batch_dynamic_copy(path, _batch1_shapes(name), SHARED_INPUTS.get(name, ()))
 
@@ -112,7 +113,7 @@ def prepared_served_onnx(name: str, path: Path, *, dynamic: bool = True) -> Path
     """What :func:`served_onnx` would return, without writing anything; ``None`` while the
     rewrite of a batch-1 file has not been made yet (so no engine can exist for it)."""
     path = Path(path)
-    if not dynamic or path.name.endswith(REWRITE_SUFFIX) or is_batch_dynamic(path):
+    if not dynamic or path.name.endswith(REWRITE_SUFFIX) or is_batch_dynamic(path, SHARED_INPUTS.get(name, ())):
         return path
     target = rewrite_path(path)
     if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:

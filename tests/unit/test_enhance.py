@@ -361,3 +361,19 @@ def test_bank_takes_plain_name_item_pairs() -> None:
     image, points = _face_crop(32)
     (result,) = bank.enhance_batch([("gpen_bfr_512", EnhanceItem(image, points))])
     assert result.ok and a.calls == [1]
+
+
+def test_engine_accuracy_check_has_real_face_inputs_for_the_enhancers(tmp_path: Path) -> None:
+    from mirage.runtime.accuracy import check_against_onnxruntime, reference_feeds
+
+    path = build_enhancer_standin(tmp_path / "codeformer.standin.onnx", "codeformer", dynamic=True, size=SMALL)
+    model = OrtModel(path, OrtConfig(), "codeformer")
+    feeds, samples = reference_feeds("codeformer", model.inputs, max_batch=3)
+    x = feeds["input"]
+    if x.shape[0] == 0:
+        pytest.skip("no packaged face photos installed")
+    assert x.shape[1:] == (3, SMALL, SMALL) and x.min() >= -1.0 and x.max() <= 1.0
+    assert feeds["weight"].dtype == np.float64 and feeds["weight"].shape == (1,)
+    assert "real aligned faces" in samples
+    report = check_against_onnxruntime("codeformer", path, lambda f: dict(zip(model.output_names, model.run(f))), model.inputs)
+    assert report.worst.max_abs == 0.0
