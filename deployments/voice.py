@@ -18,8 +18,11 @@ deployments; a DSP batch of 8 takes about 3 ms on one core here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -90,6 +93,20 @@ class ChunkCounters:
             return {"chunks": dict(self.by_converter), "errors": dict(self.errors), "state_resets": self.resets}
 
 
+def _with_model_settings(config: VoiceCoreConfig, env: Mapping[str, str]) -> VoiceCoreConfig:
+    """The replica's edge: the model store and runtime settings from its environment, where unset."""
+    if not config.rvc:
+        return config
+    from mirage.runtime.select import RuntimeConfig  # onnxruntime stays off the DSP-only path
+    from mirage.weights.provision import ProvisionConfig
+
+    return dataclasses.replace(
+        config,
+        provision=config.provision or ProvisionConfig.from_env(env),
+        runtime=config.runtime or RuntimeConfig.from_env(env),
+    )
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=4 * VOICE_MAX_BATCH_SIZE,
@@ -99,7 +116,7 @@ class ChunkCounters:
 class VoiceConverter:
     def __init__(self, config: VoiceCoreConfig | None = None) -> None:
         enable_info_logs()
-        self.core = VoiceConverterCore(config)
+        self.core = VoiceConverterCore(_with_model_settings(config or VoiceCoreConfig(), os.environ))
         self._metrics = BatchMetrics("voice")
         self._counters = ChunkCounters()
         self._batching = VoiceBatchingConfig.model_validate({})

@@ -57,7 +57,14 @@ def convert_file_samples(
     samples: np.ndarray, rate: int, selection: VoiceSelection, chunk_ms: int = 20, core: VoiceConverterCore | None = None
 ) -> np.ndarray:
     """A recording at ``rate`` through the served streaming path (48 kHz, chunks), aligned with the input."""
-    core = core or VoiceConverterCore(VoiceCoreConfig(rvc=selection.kind == "rvc"))
+    if core is None:
+        rvc = selection.kind == "rvc"
+        # The CLI is an edge: the model store and runtime settings come from the environment here.
+        from mirage.runtime.select import RuntimeConfig
+        from mirage.weights.provision import ProvisionConfig
+
+        models = (ProvisionConfig.from_env(), RuntimeConfig.from_env()) if rvc else (None, None)
+        core = VoiceConverterCore(VoiceCoreConfig(rvc=rvc, provision=models[0], runtime=models[1]))
     x = resample(samples, rate, DEFAULT_SAMPLE_RATE)
     chunk = DEFAULT_SAMPLE_RATE * chunk_ms // 1000
     lead = int(round(core.latency_ms(selection) * DEFAULT_SAMPLE_RATE / 1000.0))

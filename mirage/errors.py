@@ -29,3 +29,8 @@ class ProvisioningError(MirageError):
 
 class ChecksumError(ProvisioningError):
     """A downloaded or present file does not match its manifest sha256."""
+
+
+class ConfigError(MirageError, ValueError):
+    """A configuration value (an environment variable) that cannot be used; the message names it
+    and the values it accepts. Raised at start-up, where the environment is read (mirage.env)."""

@@ -1,8 +1,11 @@
 """Typed settings of the served application, and where the environment enters.
 
 Only :meth:`Settings.from_env` reads ``MIRAGE_*`` variables (once, in the
-process that builds the application); everything below receives the typed
-values. The names and meanings follow the original product's README.
+process that builds the application), through :mod:`mirage.env`; everything
+below receives the typed values. A variable that is set but cannot be used
+raises :class:`~mirage.errors.ConfigError` naming it and the values it accepts
+(unset or blank: the default). The names and meanings follow the original
+product's README.
 """
 
 from __future__ import annotations
@@ -13,52 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
-from mirage.voice.config import DEFAULT_CHUNK_MS, VoiceDefaults, VoiceError, parse_voice
+from mirage.env import read_bool, read_choice, read_int, read_list, read_str
+from mirage.errors import ConfigError
+from mirage.voice.config import VoiceDefaults
 
 logger = logging.getLogger(__name__)
 
 FallbackPolicy = Literal["blur", "hold", "passthrough"]
-FALLBACK_POLICIES: tuple[str, ...] = get_args(FallbackPolicy)
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """A boolean variable: 1/true/yes/on or 0/false/no/off (anything else: the default, logged)."""
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    logger.warning("%s=%r is not a boolean (use 1 or 0); keeping the default %s", name, raw, int(default))
-    return default
-
-
-def env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    """A comma-separated list; blanks dropped."""
-    raw = env.get(name, "")
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        logger.warning("%s=%r is not an integer; keeping the default %d", name, raw, default)
-        return default
-    if not lo <= value <= hi:
-        clamped = min(max(value, lo), hi)
-        logger.warning("%s=%d is outside [%d, %d]; using %d", name, value, lo, hi, clamped)
-        return clamped
-    return value
-
+FALLBACK_POLICIES: tuple[FallbackPolicy, ...] = get_args(FallbackPolicy)
 
 @dataclass(frozen=True)
 class IceSettings:
@@ -88,17 +53,6 @@ class IceSettings:
 
 MIN_TOKEN_TTL_S = 10
 MAX_TOKEN_TTL_S = 7 * 24 * 3600
-
-
-def _env_int_strict(env: Mapping[str, str], name: str, default: int) -> int:
-    """An integer variable that must be valid when set (no silent default, no clamping)."""
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    text = raw.strip()
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"{name}={raw!r} is not a whole number of seconds")
-    return int(text)
 
 
 @dataclass(frozen=True)
@@ -192,67 +146,38 @@ class Settings:
         """``base`` (defaults, or what the app config says) overridden by ``MIRAGE_*`` variables that are set."""
         env = os.environ if env is None else env
         base = base or cls()
+        b = base.ice
         ice = IceSettings(
-            stun_urls=env_list(env, "MIRAGE_STUN_URLS") if "MIRAGE_STUN_URLS" in env else base.ice.stun_urls,
-            turn_urls=env_list(env, "MIRAGE_TURN_URL") if "MIRAGE_TURN_URL" in env else base.ice.turn_urls,
-            turn_user=env.get("MIRAGE_TURN_USER") or base.ice.turn_user,
-            turn_pass=env.get("MIRAGE_TURN_PASS") or base.ice.turn_pass,
-            force_relay=env_flag(env, "MIRAGE_FORCE_RELAY", base.ice.force_relay),
-            prefer_h264=env_flag(env, "MIRAGE_PREFER_H264", base.ice.prefer_h264),
-            turn_tls_only=env_flag(env, "MIRAGE_TURN_TLS_ONLY", base.ice.turn_tls_only),
-            host_addresses=env_list(env, "MIRAGE_ICE_HOST_ADDRESSES") or base.ice.host_addresses,
-            announced_address=env.get("MIRAGE_ICE_ANNOUNCED_ADDRESS", "").strip() or base.ice.announced_address,
-            turn_secret=env.get("MIRAGE_TURN_SECRET") or base.ice.turn_secret,
-            turn_ttl_s=_env_int(env, "MIRAGE_TURN_TTL", base.ice.turn_ttl_s, 60, 7 * 24 * 3600),
+            stun_urls=read_list(env, "MIRAGE_STUN_URLS", b.stun_urls),
+            turn_urls=read_list(env, "MIRAGE_TURN_URL", b.turn_urls),
+            turn_user=read_str(env, "MIRAGE_TURN_USER", b.turn_user, strip=False),
+            turn_pass=read_str(env, "MIRAGE_TURN_PASS", b.turn_pass, strip=False),
+            force_relay=read_bool(env, "MIRAGE_FORCE_RELAY", b.force_relay),
+            prefer_h264=read_bool(env, "MIRAGE_PREFER_H264", b.prefer_h264),
+            turn_tls_only=read_bool(env, "MIRAGE_TURN_TLS_ONLY", b.turn_tls_only),
+            host_addresses=read_list(env, "MIRAGE_ICE_HOST_ADDRESSES", b.host_addresses),
+            announced_address=read_str(env, "MIRAGE_ICE_ANNOUNCED_ADDRESS", b.announced_address),
+            turn_secret=read_str(env, "MIRAGE_TURN_SECRET", b.turn_secret, strip=False),
+            turn_ttl_s=read_int(env, "MIRAGE_TURN_TTL", b.turn_ttl_s, lo=60, hi=7 * 24 * 3600),
         )
-        api_key = env.get("MIRAGE_API_KEY") or base.auth.api_key
-        require = env_flag(env, "MIRAGE_REQUIRE_API_KEY", base.auth.require_api_key)
+        api_key = read_str(env, "MIRAGE_API_KEY", base.auth.api_key, strip=False)
+        require = read_bool(env, "MIRAGE_REQUIRE_API_KEY", base.auth.require_api_key)
         if require and not api_key:
-            raise ValueError("MIRAGE_REQUIRE_API_KEY=1 needs MIRAGE_API_KEY to be set to the shared secret.")
+            raise ConfigError("MIRAGE_REQUIRE_API_KEY=1 needs MIRAGE_API_KEY to be set to the shared secret.")
         auth = AuthSettings(
             api_key=api_key,
             require_api_key=require,
-            token_ttl_s=_env_int_strict(env, "MIRAGE_TOKEN_TTL", base.auth.token_ttl_s),
+            token_ttl_s=read_int(env, "MIRAGE_TOKEN_TTL", base.auth.token_ttl_s, lo=MIN_TOKEN_TTL_S, hi=MAX_TOKEN_TTL_S),
         )
 
         s = base.session
-        fallback = env.get("MIRAGE_FALLBACK", s.fallback).strip().lower() or s.fallback
-        if fallback not in FALLBACK_POLICIES:
-            logger.warning("MIRAGE_FALLBACK=%r is not one of %s; keeping %s", fallback, FALLBACK_POLICIES, s.fallback)
-            fallback = s.fallback
+        fallback: FallbackPolicy = read_choice(env, "MIRAGE_FALLBACK", s.fallback, FALLBACK_POLICIES)
         session = replace(
             s,
-            max_faces=_env_int(env, "MIRAGE_MAX_FACES", s.max_faces, 1, s.max_faces_limit),
-            badge=env_flag(env, "MIRAGE_BADGE", s.badge),
-            allow_noncommercial=env_flag(env, "MIRAGE_ALLOW_NONCOMMERCIAL", s.allow_noncommercial),
-            fallback=fallback,  # type: ignore[arg-type]
-            max_sessions_per_replica=_env_int(
-                env, "MIRAGE_MAX_SESSIONS_PER_REPLICA", s.max_sessions_per_replica, 1, 1024
-            ),
+            max_faces=read_int(env, "MIRAGE_MAX_FACES", s.max_faces, lo=1, hi=s.max_faces_limit),
+            badge=read_bool(env, "MIRAGE_BADGE", s.badge),
+            allow_noncommercial=read_bool(env, "MIRAGE_ALLOW_NONCOMMERCIAL", s.allow_noncommercial),
+            fallback=fallback,
+            max_sessions_per_replica=read_int(env, "MIRAGE_MAX_SESSIONS_PER_REPLICA", s.max_sessions_per_replica, lo=1, hi=1024),
         )
-        return cls(ice=ice, auth=auth, session=session, voice=_voice_from_env(env, base.voice))
-
-
-def _voice_from_env(env: Mapping[str, str], base: VoiceDefaults) -> VoiceDefaults:
-    """MIRAGE_VOICE_ENABLE (new sessions start disguised), MIRAGE_VOICE_DEFAULT, _CHUNK_MS, _FALLBACK.
-
-    Like the other variables, a value that cannot be used is logged and the default kept; the
-    voice itself is never left on the real voice because of a typo in the preset's name: a bad
-    MIRAGE_VOICE_DEFAULT keeps the default preset.
-    """
-    enable = env_flag(env, "MIRAGE_VOICE_ENABLE", base.enable)
-    default_voice = env.get("MIRAGE_VOICE_DEFAULT", "").strip() or base.default_voice
-    try:
-        parse_voice(default_voice)
-    except VoiceError as exc:
-        logger.warning("MIRAGE_VOICE_DEFAULT: %s Keeping %s.", exc, base.default_voice)
-        default_voice = base.default_voice
-    chunk_ms = _env_int(env, "MIRAGE_VOICE_CHUNK_MS", base.chunk_ms, 5, 100)
-    if chunk_ms % 5:
-        logger.warning("MIRAGE_VOICE_CHUNK_MS=%d is not a multiple of 5 ms; using %d", chunk_ms, DEFAULT_CHUNK_MS)
-        chunk_ms = DEFAULT_CHUNK_MS
-    fallback = env.get("MIRAGE_VOICE_FALLBACK", "").strip().lower() or base.fallback
-    if fallback not in ("local", "mute"):
-        logger.warning("MIRAGE_VOICE_FALLBACK=%r is not local or mute; keeping %s", fallback, base.fallback)
-        fallback = base.fallback
-    return VoiceDefaults(enable=enable, default_voice=default_voice, chunk_ms=chunk_ms, fallback=fallback)  # type: ignore[arg-type]
+        return cls(ice=ice, auth=auth, session=session, voice=VoiceDefaults.from_env(env, base.voice))

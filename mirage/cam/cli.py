@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from mirage.env import read_str
 from mirage.errors import InvalidImageError, MirageError, NoFaceError
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
 
     reference = load_reference(args.reference)
     spec = SinkSpec.parse(args.sink)
-    api_key = args.api_key if args.api_key is not None else os.environ.get("MIRAGE_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else read_str(os.environ, "MIRAGE_API_KEY", strip=False)
     settings = CamSettings(
         url=args.url.rstrip("/"),
         reference=reference,

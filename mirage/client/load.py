@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mirage.env import read_str
+
 if TYPE_CHECKING:  # the parser is built on every CLI start: aiortc is imported only to run
     import numpy as np
 
@@ -366,7 +368,7 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
         seconds=args.seconds,
         warmup=max(args.warmup, 0.0),
         options=SessionOptions(swapper=args.swapper, max_faces=args.max_faces, fallback=args.fallback),
-        api_key=args.api_key or os.environ.get("MIRAGE_API_KEY") or None,
+        api_key=args.api_key or read_str(os.environ, "MIRAGE_API_KEY", strip=False),
         fps=args.fps,
         audio=args.audio,
         connect_timeout_s=args.connect_timeout,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from mirage.env import read_bool, read_int
 from mirage.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ CPU = "CPUExecutionProvider"
 #: A provider as ONNX Runtime takes it: a name, or (name, options).
 Provider = str | tuple[str, dict[str, str]]
 
-_TRUE = {"1", "true", "yes", "on"}
 
 #: Options of ONNX Runtime's CUDA provider. ``HEURISTIC`` picks cuDNN convolution
 #: algorithms from cuDNN's heuristics instead of timing all of them on the first run of
@@ -86,19 +86,15 @@ class OrtConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OrtConfig:
-        """Read ``MIRAGE_CUDA_ONLY`` and ``MIRAGE_ORT_THREADS`` (intra-op threads)."""
+        """Read ``MIRAGE_CUDA_ONLY`` (0) and ``MIRAGE_ORT_THREADS`` (intra-op threads, 1..256); call it at an edge.
+
+        A malformed value raises :class:`~mirage.errors.ConfigError` (mirage.env).
+        """
         env = os.environ if environ is None else environ
-        cuda_only = env.get("MIRAGE_CUDA_ONLY", "").strip().lower() in _TRUE
-        threads_text = env.get("MIRAGE_ORT_THREADS", "").strip()
-        threads = 1
-        if threads_text:
-            try:
-                threads = int(threads_text)
-            except ValueError as exc:
-                raise ValueError(f"MIRAGE_ORT_THREADS must be a whole number, got {threads_text!r}.") from exc
-            if threads < 1:
-                raise ValueError(f"MIRAGE_ORT_THREADS must be at least 1, got {threads}.")
-        return cls(intra_op_threads=threads, cuda_only=cuda_only)
+        return cls(
+            intra_op_threads=read_int(env, "MIRAGE_ORT_THREADS", 1, lo=1, hi=256),
+            cuda_only=read_bool(env, "MIRAGE_CUDA_ONLY", False),
+        )
 
 
 def provider_name(provider: Provider) -> str:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mirage.env import read_bool, read_choice, read_int, read_str
 from mirage.errors import ModelUnavailableError
 from mirage.runtime.cuda import (
     CudaUnavailableError,
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 RuntimeKind = Literal["tensorrt", "cuda", "cpu"]
 Model = OrtModel | TensorRTModel
 
-_TRUE = {"1", "true", "yes", "on"}
 
 #: The served batch size of the model deployments (configs/serve_a10g.yaml's user_config);
 #: engines are compiled for batches 1..DEFAULT_MAX_BATCH.
@@ -135,36 +135,20 @@ class RuntimeConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
         """``MIRAGE_CUDA_ONLY`` (0), ``MIRAGE_TRT_PRECISION`` (fp16), ``MIRAGE_TRT_MAX_BATCH`` (8), ``MIRAGE_TRT_OPT_BATCH`` (max/2)."""
         env = os.environ if environ is None else environ
-        precision = env.get("MIRAGE_TRT_PRECISION", "").strip().lower() or "fp16"
-        if precision not in PRECISIONS:
-            raise ValueError(f"MIRAGE_TRT_PRECISION must be fp16 or fp32, got {precision!r}.")
-        max_batch = _int_env(env, "MIRAGE_TRT_MAX_BATCH", DEFAULT_MAX_BATCH)
-        opt_raw = env.get("MIRAGE_TRT_OPT_BATCH", "").strip()
-        opt = _int_env(env, "MIRAGE_TRT_OPT_BATCH", 1) if opt_raw else None
+        precision = read_choice(env, "MIRAGE_TRT_PRECISION", "fp16", PRECISIONS)
+        max_batch = read_int(env, "MIRAGE_TRT_MAX_BATCH", DEFAULT_MAX_BATCH, lo=1, hi=1024)
+        opt: int | None = read_int(env, "MIRAGE_TRT_OPT_BATCH", 0, lo=1, hi=1024) or None
         return cls(
             precision=precision,
             profile=BatchProfile.up_to(max_batch, opt),
-            cuda_only=env.get("MIRAGE_CUDA_ONLY", "").strip().lower() in _TRUE,
+            cuda_only=read_bool(env, "MIRAGE_CUDA_ONLY", False),
         )
-
-
-def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}.") from None
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}.")
-    return value
 
 
 def default_engine_dir(models_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
     """``MIRAGE_ENGINE_DIR``, else ``<models dir>/engines`` (engines live on the models volume)."""
     env = os.environ if environ is None else environ
-    raw = env.get("MIRAGE_ENGINE_DIR", "").strip()
+    raw = read_str(env, "MIRAGE_ENGINE_DIR")
     return Path(raw) if raw else Path(models_dir) / "engines"
 
 
@@ -290,7 +274,7 @@ def load_model(
     The returned choice describes what actually runs (ONNX Runtime may itself keep
     only the CPU provider), so ``/debug/models`` never claims a GPU it did not get.
     """
-    ort_config = ort_config or OrtConfig.from_env()
+    ort_config = ort_config or OrtConfig()  # the caller passes what its edge read from the environment
     acc = accelerators if accelerators is not None else probe_accelerators()
     choice = select_runtime(model_name, onnx_path, engine_dir, config, acc)
     if choice.kind == "tensorrt":

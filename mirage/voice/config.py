@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mirage.errors import MirageError
+from mirage.env import read_bool, read_choice, read_int, read_str
+from mirage.errors import ConfigError, MirageError
 
 
 class VoiceError(MirageError):
@@ -176,10 +177,6 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
-
-
 @dataclass(frozen=True)
 class VoiceDefaults:
     """Server-wide voice defaults.
@@ -209,26 +206,27 @@ class VoiceDefaults:
         return parse_voice(self.default_voice) if self.enable else OFF
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> VoiceDefaults:
-        """Parse ``MIRAGE_VOICE_ENABLE`` (0), ``MIRAGE_VOICE_DEFAULT``, ``MIRAGE_VOICE_CHUNK_MS``, ``MIRAGE_VOICE_FALLBACK``."""
-        raw = env.get("MIRAGE_VOICE_ENABLE", "").strip().lower()
-        if raw in _TRUE:
-            enable = True
-        elif raw in _FALSE:
-            enable = False
-        else:
-            raise VoiceError(f"MIRAGE_VOICE_ENABLE must be 0 or 1, got {raw[:20]!r}.")
-        chunk_raw = env.get("MIRAGE_VOICE_CHUNK_MS", "").strip()
+    def from_env(cls, env: Mapping[str, str], base: VoiceDefaults | None = None) -> VoiceDefaults:
+        """``base`` (the defaults) overridden by ``MIRAGE_VOICE_ENABLE``, ``MIRAGE_VOICE_DEFAULT``,
+        ``MIRAGE_VOICE_CHUNK_MS`` (5..100, a multiple of 5) and ``MIRAGE_VOICE_FALLBACK`` (local or mute).
+
+        A value that cannot be used raises :class:`~mirage.errors.ConfigError` naming the variable,
+        like every other variable (mirage.env): a typo in the preset's name stops start-up rather
+        than leaving anyone on a voice they did not choose.
+        """
+        base = base or cls()
+        default_voice = read_str(env, "MIRAGE_VOICE_DEFAULT", base.default_voice) or base.default_voice
         try:
-            chunk_ms = int(chunk_raw) if chunk_raw else DEFAULT_CHUNK_MS
-        except ValueError:
-            raise VoiceError(f"MIRAGE_VOICE_CHUNK_MS must be a whole number of ms, got {chunk_raw[:20]!r}.") from None
-        fallback = env.get("MIRAGE_VOICE_FALLBACK", "").strip().lower() or "local"
-        if fallback not in ("local", "mute"):
-            raise VoiceError(f"MIRAGE_VOICE_FALLBACK must be local or mute, got {fallback[:20]!r}.")
+            parse_voice(default_voice)
+        except VoiceError as exc:
+            raise ConfigError(f"MIRAGE_VOICE_DEFAULT must be a voice the server knows: {exc}") from None
+        chunk_ms = read_int(env, "MIRAGE_VOICE_CHUNK_MS", base.chunk_ms, lo=5, hi=100)
+        if chunk_ms % 5:
+            raise ConfigError(f"MIRAGE_VOICE_CHUNK_MS must be a multiple of 5 ms between 5 and 100, got {chunk_ms}.")
+        fallback: Literal["local", "mute"] = read_choice(env, "MIRAGE_VOICE_FALLBACK", base.fallback, ("local", "mute"))
         return cls(
-            enable=enable,
-            default_voice=env.get("MIRAGE_VOICE_DEFAULT", "").strip() or DEFAULT_PRESET,
+            enable=read_bool(env, "MIRAGE_VOICE_ENABLE", base.enable),
+            default_voice=default_voice,
             chunk_ms=chunk_ms,
-            fallback=fallback,  # type: ignore[arg-type]
+            fallback=fallback,
         )

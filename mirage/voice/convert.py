@@ -20,12 +20,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mirage.errors import MirageError
 from mirage.voice.config import DEFAULT_SAMPLE_RATE, PRESETS, VoiceError, VoiceSelection
 from mirage.voice.dsp import DspConfig, DspState, DspVoiceConverter
+
+if TYPE_CHECKING:
+    from mirage.runtime.select import RuntimeConfig
+    from mirage.weights.provision import ProvisionConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +80,11 @@ class VoiceCoreConfig:
     #: Try to load the RVC path (ContentVec must be provisioned); off: DSP only.
     rvc: bool = True
     num_threads: int = 1
+    #: Where models live and how they pick a runtime, read from the environment at the edge
+    #: (the deployment's constructor, the CLI); ``None``: no model store (RVC needs ``rvc_dir``
+    #: and a provisioned ContentVec from it), runtime defaults.
+    provision: ProvisionConfig | None = None
+    runtime: RuntimeConfig | None = None
 
 
 class VoiceConverterCore:
@@ -166,7 +176,13 @@ def _load_rvc(config: VoiceCoreConfig) -> tuple[object | None, str]:
     except ImportError as exc:
         return None, f"the RVC path is not installed ({type(exc).__name__})"
     try:
-        return load_rvc_converter(rvc_dir=config.rvc_dir, sample_rate=config.sample_rate, threads=config.num_threads), ""
+        from mirage.weights.provision import ModelStore
+
+        store = ModelStore(config.provision) if config.provision is not None else None
+        converter = load_rvc_converter(
+            rvc_dir=config.rvc_dir, sample_rate=config.sample_rate, threads=config.num_threads, store=store, runtime=config.runtime
+        )
+        return converter, ""
     except MirageError as exc:
         logger.info("RVC voices unavailable: %s", exc)
         return None, str(exc)

@@ -36,13 +36,17 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mirage.errors import MirageError, ModelUnavailableError
 from mirage.voice.config import DEFAULT_SAMPLE_RATE, VoiceError
 from mirage.voice.convert import BAD_INPUT, VOICE_UNAVAILABLE, VoiceChunk, VoiceResult
+
+if TYPE_CHECKING:
+    from mirage.runtime.select import RuntimeConfig
+    from mirage.weights.provision import ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -343,11 +347,11 @@ class RvcConverter:
         return out
 
 
-def _default_loader(threads: int) -> Any:
+def _default_loader(threads: int, runtime: RuntimeConfig | None = None) -> Any:
     from mirage.runtime.onnx import OrtConfig
     from mirage.runtime.select import RuntimeConfig, load_model
 
-    runtime = RuntimeConfig.from_env()
+    runtime = runtime or RuntimeConfig()
     ort = OrtConfig(intra_op_threads=threads)
 
     def load(name: str, path: Path) -> Any:
@@ -364,8 +368,13 @@ def load_rvc_converter(
     contentvec_path: Path | None = None,
     config: RvcConfig | None = None,
     dynamic_batch: bool = True,
+    *,
+    store: ModelStore | None = None,
+    runtime: RuntimeConfig | None = None,
 ) -> RvcConverter:
-    """ContentVec (provisioned, or ``contentvec_path``), SwiftF0 (from its wheel) and the voice folder.
+    """ContentVec (provisioned in ``store``, or ``contentvec_path``), SwiftF0 (from its wheel) and the voice
+    folder (``rvc_dir``, else the store's ``voice/``); ``runtime``: how models pick a runtime (read from the
+    environment at the edge; default: :class:`RuntimeConfig`'s defaults).
 
     Never downloads; a missing ContentVec raises :class:`ModelUnavailableError`
     naming the command that fetches it.
@@ -375,9 +384,8 @@ def load_rvc_converter(
     except ImportError as exc:
         raise ModelUnavailableError("The SwiftF0 pitch extractor is not installed (pip install swift-f0).") from exc
     if contentvec_path is None or rvc_dir is None:
-        from mirage.weights.provision import ModelStore, ProvisionConfig
-
-        store = ModelStore(ProvisionConfig.from_env())
+        if store is None:
+            raise ModelUnavailableError("RVC voices need the model store (or ContentVec's path and the voice folder).")
         if contentvec_path is None:
             contentvec_path = store.path(CONTENTVEC_NAME)
         if rvc_dir is None:
@@ -386,7 +394,7 @@ def load_rvc_converter(
         raise ModelUnavailableError(
             f"ContentVec is not provisioned, so RVC voices are disabled (python -m mirage models fetch {CONTENTVEC_NAME})."
         )
-    loader = _default_loader(threads)
+    loader = _default_loader(threads, runtime)
     contentvec = loader(CONTENTVEC_NAME, Path(contentvec_path))
     if isinstance(contentvec.inputs[0].shape[0], int) and dynamic_batch:
         # A batch-1 export: rewrite its batch dimension once (proven equal to batch-1 runs), as the face models do.

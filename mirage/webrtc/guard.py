@@ -48,6 +48,8 @@ import aioice.ice
 import ifaddr
 from aioice.ice import CandidatePair, Connection, TransportPolicy
 
+from mirage.env import read_list, read_str
+
 logger = logging.getLogger(__name__)
 
 HOST_ADDRESSES_ENV = "MIRAGE_ICE_HOST_ADDRESSES"
@@ -91,9 +93,7 @@ class IcePolicy:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IcePolicy:
         """``MIRAGE_ICE_HOST_ADDRESSES`` (comma list) and ``MIRAGE_ICE_ANNOUNCED_ADDRESS``."""
-        hosts = tuple(item.strip() for item in env.get(HOST_ADDRESSES_ENV, "").split(",") if item.strip())
-        announced = env.get(ANNOUNCED_ADDRESS_ENV, "").strip() or None
-        return cls(host_addresses=hosts, announced_address=announced)
+        return cls(host_addresses=read_list(env, HOST_ADDRESSES_ENV), announced_address=read_str(env, ANNOUNCED_ADDRESS_ENV))
 
     def resolve(self, use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
         """The addresses to bind host candidates to (IP literals kept, interface names expanded)."""

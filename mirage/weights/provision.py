@@ -47,6 +47,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from mirage import __version__
+from mirage.env import read_bool, read_float, read_list, read_str
 from mirage.errors import ChecksumError, ModelUnavailableError, ProvisioningError
 from mirage.weights.embedded import embedded_model_path
 from mirage.weights.manifest import Manifest, ModelEntry, load_manifest
@@ -69,22 +70,8 @@ MISMATCH = "checksum mismatch"
 SIZE_MISMATCH = "size mismatch"
 MISSING = "missing"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
 
 # --------------------------------------------------------------------------- config
-
-
-def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ProvisioningError(f"{name} must be 1 or 0 (or true/false), got {env[name]!r}.")
 
 
 @dataclass(frozen=True)
@@ -105,30 +92,24 @@ class ProvisionConfig:
     timeout_s: float = 60.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> ProvisionConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProvisionConfig:
         """``MIRAGE_MODELS_DIR`` (the checkout's ``models/``, whatever the working directory:
         Ray workers do not always start in the driver's), ``MIRAGE_PERSIST_MODELS`` (1), ``MIRAGE_PERSIST_DIR``
         (/data/mirage_models), ``MIRAGE_PROVISION_FRESH`` (0), ``MIRAGE_DOWNLOAD_MODELS`` (1),
         ``MIRAGE_OFFLINE`` (0), ``MIRAGE_REQUIRED_MODELS`` (comma list), ``MIRAGE_DOWNLOAD_TIMEOUT`` (60 s).
+        Call it at an edge; a malformed value raises :class:`~mirage.errors.ConfigError` (mirage.env).
         """
-        timeout_raw = env.get("MIRAGE_DOWNLOAD_TIMEOUT", "").strip() or "60"
-        try:
-            timeout_s = float(timeout_raw)
-        except ValueError:
-            raise ProvisioningError(f"MIRAGE_DOWNLOAD_TIMEOUT must be a number of seconds, got {timeout_raw!r}.") from None
-        if timeout_s <= 0:
-            raise ProvisioningError(f"MIRAGE_DOWNLOAD_TIMEOUT must be positive, got {timeout_raw!r}.")
-        required = tuple(n.strip() for n in env.get("MIRAGE_REQUIRED_MODELS", "").split(",") if n.strip())
+        env = os.environ if env is None else env
         return cls(
-            models_dir=Path(os.path.abspath(env.get("MIRAGE_MODELS_DIR", "").strip() or DEFAULT_MODELS_DIR)),
-            persist=_env_flag(env, "MIRAGE_PERSIST_MODELS", True),
-            persist_dir=Path(env.get("MIRAGE_PERSIST_DIR", "").strip() or "/data/mirage_models"),
-            fresh=_env_flag(env, "MIRAGE_PROVISION_FRESH", False),
-            offline=_env_flag(env, "MIRAGE_OFFLINE", False),
-            allow_download=_env_flag(env, "MIRAGE_DOWNLOAD_MODELS", True),
-            required=required,
+            models_dir=Path(os.path.abspath(read_str(env, "MIRAGE_MODELS_DIR") or DEFAULT_MODELS_DIR)),
+            persist=read_bool(env, "MIRAGE_PERSIST_MODELS", True),
+            persist_dir=Path(read_str(env, "MIRAGE_PERSIST_DIR") or "/data/mirage_models"),
+            fresh=read_bool(env, "MIRAGE_PROVISION_FRESH", False),
+            offline=read_bool(env, "MIRAGE_OFFLINE", False),
+            allow_download=read_bool(env, "MIRAGE_DOWNLOAD_MODELS", True),
+            required=read_list(env, "MIRAGE_REQUIRED_MODELS"),
             url_overrides={k: v for k, v in env.items() if k.startswith("MIRAGE_") and k.endswith("_URL")},
-            timeout_s=timeout_s,
+            timeout_s=read_float(env, "MIRAGE_DOWNLOAD_TIMEOUT", 60.0, positive=True),
         )
 
 

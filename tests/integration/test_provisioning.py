@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from mirage.cli_models import main as cli_main
-from mirage.errors import ChecksumError, ModelUnavailableError, ProvisioningError
+from mirage.errors import ChecksumError, ConfigError, ModelUnavailableError, ProvisioningError
 from mirage.weights.manifest import Manifest, load_manifest
 from mirage.weights.provision import (
     MISMATCH,
@@ -392,7 +392,7 @@ def test_config_from_env_defaults_and_validation(tmp_path: Path) -> None:
     assert config.persist and not config.fresh and not config.offline and config.allow_download
     assert config.persist_dir == Path("/data/mirage_models")
     assert config.models_dir == Path(__file__).resolve().parents[2] / "models"
-    with pytest.raises(ProvisioningError, match="MIRAGE_PERSIST_MODELS must be 1 or 0"):
+    with pytest.raises(ConfigError, match="MIRAGE_PERSIST_MODELS must be 1 or 0"):
         ProvisionConfig.from_env({"MIRAGE_PERSIST_MODELS": "maybe"})
     with pytest.raises(ProvisioningError, match="Unknown model 'nope'"):
         ModelStore(ProvisionConfig.from_env({"MIRAGE_REQUIRED_MODELS": "nope"}), load_manifest())

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from mirage.errors import ConfigError
 from serve_app.auth import MISSING_KEY_MESSAGE, WRONG_KEY_MESSAGE, key_from_headers, key_matches, rejection_message
 from serve_app.control import (
     ControlError,
@@ -178,10 +179,14 @@ def test_settings_from_env() -> None:
     assert "p4ss" not in repr(s) and "secret" not in repr(s)
 
 
-def test_settings_bad_values_keep_defaults_or_fail_clearly() -> None:
-    s = Settings.from_env({"MIRAGE_MAX_FACES": "many", "MIRAGE_FALLBACK": "reveal", "MIRAGE_BADGE": "maybe"})
-    assert s.session.max_faces == 1 and s.session.fallback == "blur" and s.session.badge
-    assert Settings.from_env({"MIRAGE_MAX_FACES": "99"}).session.max_faces == 8
+def test_settings_bad_values_fail_clearly() -> None:
+    # One behaviour for every variable (mirage.env): a value that is set but unusable stops
+    # start-up with one sentence naming it; nothing is silently replaced or clamped.
+    for env, name in (({"MIRAGE_MAX_FACES": "many"}, "MIRAGE_MAX_FACES"), ({"MIRAGE_FALLBACK": "reveal"}, "MIRAGE_FALLBACK"),
+                      ({"MIRAGE_BADGE": "maybe"}, "MIRAGE_BADGE"), ({"MIRAGE_MAX_FACES": "99"}, "MIRAGE_MAX_FACES")):
+        with pytest.raises(ConfigError, match=f"^{name} must be"):
+            Settings.from_env(env)
+    assert Settings.from_env({"MIRAGE_MAX_FACES": "8"}).session.max_faces == 8
     with pytest.raises(ValueError, match="MIRAGE_API_KEY"):
         Settings.from_env({"MIRAGE_REQUIRE_API_KEY": "1"})
 

@@ -8,6 +8,7 @@ import hmac
 
 import pytest
 
+from mirage.errors import ConfigError
 from serve_app.disclosure import allowed_swappers, is_commercial, swapper_licences
 from serve_app.ice import ice_server_dicts, rtc_configuration
 from serve_app.settings import IceSettings, Settings
@@ -34,7 +35,8 @@ def test_settings_from_env() -> None:
     assert s.ice.turn_secret == SECRET and s.ice.turn_ttl_s == 120
     assert SECRET not in repr(s)
     assert Settings.from_env({}).ice.turn_ttl_s == 86400
-    assert Settings.from_env({"MIRAGE_TURN_TTL": "5"}).ice.turn_ttl_s == 60  # clamped
+    with pytest.raises(ConfigError, match="^MIRAGE_TURN_TTL must be a whole number between 60 and 604800, got 5"):
+        Settings.from_env({"MIRAGE_TURN_TTL": "5"})  # refused by name, not clamped
     assert Settings.from_env({}).ice.turn_tls_only is False
     assert Settings.from_env({"MIRAGE_ALLOW_NONCOMMERCIAL": "0"}).session.allow_noncommercial is False
     assert Settings.from_env({}).session.allow_noncommercial is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mirage.errors import ConfigError
 from mirage.voice.config import DEFAULT_PRESET, OFF, PRESETS, VoiceDefaults, VoiceError, parse_voice
 from mirage.voice.convert import BAD_INPUT, VOICE_UNAVAILABLE, VoiceChunk, VoiceConverterCore, VoiceCoreConfig
 from mirage.voice.stream import VoiceStream
@@ -54,7 +55,7 @@ def test_voice_defaults_from_env() -> None:
     assert custom.initial_selection().params == PRESETS["deep"] and custom.chunk_ms == 10
     for env in ({"MIRAGE_VOICE_ENABLE": "maybe"}, {"MIRAGE_VOICE_CHUNK_MS": "7"}, {"MIRAGE_VOICE_DEFAULT": "nope"},
                 {"MIRAGE_VOICE_FALLBACK": "passthrough"}):
-        with pytest.raises(VoiceError):
+        with pytest.raises(ConfigError, match=f"^{next(iter(env))} must be"):
             VoiceDefaults.from_env(env)
 
 
