@@ -13,6 +13,8 @@ never all start (the app stays in STARTING).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -21,8 +23,10 @@ from ray.serve import Application
 from deployments.detector import DetectorConfig, FaceDetector
 from deployments.swapper import FaceSwapper, SwapperConfig
 from deployments.voice import VOICE_BATCH_WAIT_S, VOICE_MAX_BATCH_SIZE, VoiceConverter
-from mirage.voice.convert import VoiceCoreConfig
+from mirage.pipeline.models import DETECTOR, SWAPPER, VOICE
+from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.swap.mesh import MeshSwapConfig
+from mirage.voice.convert import VoiceCoreConfig
 from serve_app.ingress import IngressConfig, MirageIngress
 from serve_app.settings import AuthSettings, FallbackPolicy, IceSettings, SessionSettings, Settings
 
@@ -222,8 +226,72 @@ class AppArgs(_Args):
         )
 
 
-def build_app(args: AppArgs) -> Application:
-    """The Mirage application: ingress → (FaceDetector, FaceSwapper, VoiceConverter)."""
+@dataclass(frozen=True)
+class ModelDeployment:
+    """One model deployment of the app: the name the pipeline's stages call it by, and how it is bound.
+
+    ``bind`` returns the bound deployment, or None when this configuration does not deploy it.
+    """
+
+    name: str
+    bind: Callable[[AppArgs, Settings], Any]
+
+
+def _bind_detector(args: AppArgs, settings: Settings) -> Any:
+    d = args.detector
+    return FaceDetector.options(
+        name=DETECTOR,
+        user_config=d.user_config(),
+        **d.serve_options(d.default_max_ongoing(2), args.replica_env_vars()),
+    ).bind(DetectorConfig(model=d.model, score_threshold=d.score_threshold, num_threads=d.num_threads))
+
+
+def _bind_swapper(args: AppArgs, settings: Settings) -> Any:
+    w = args.swapper
+    return FaceSwapper.options(
+        name=SWAPPER,
+        user_config=w.user_config(),
+        **w.serve_options(w.default_max_ongoing(1), args.replica_env_vars()),
+    ).bind(
+        SwapperConfig(
+            mesh=MeshSwapConfig(max_crop=w.max_crop_size),
+            inswapper=w.inswapper,
+            reference_detector=w.reference_detector,
+            num_threads=w.num_threads,
+            max_reference_bytes=settings.session.max_reference_bytes,
+            max_reference_side=settings.session.max_reference_side,
+        )
+    )
+
+
+def _bind_voice(args: AppArgs, settings: Settings) -> Any:
+    v = args.voice
+    return VoiceConverter.options(
+        name=VOICE,
+        user_config=v.user_config(),
+        **v.serve_options(v.default_max_ongoing(2), args.replica_env_vars()),
+    ).bind(VoiceCoreConfig(rvc=v.rvc, num_threads=v.num_threads))
+
+
+#: The model deployments the app makes, by name; the ingress gets their handles by these names.
+MODEL_DEPLOYMENTS: tuple[ModelDeployment, ...] = (
+    ModelDeployment(DETECTOR, _bind_detector),
+    ModelDeployment(SWAPPER, _bind_swapper),
+    ModelDeployment(VOICE, _bind_voice),
+)
+
+
+def build_app(
+    args: AppArgs,
+    *,
+    extra_deployments: Sequence[ModelDeployment] = (),
+    extra_stages: Sequence[FaceStage] = (),
+) -> Application:
+    """The Mirage application: ingress → the model deployments of :data:`MODEL_DEPLOYMENTS`.
+
+    ``extra_deployments`` / ``extra_stages``: a stage added to the frame pipeline
+    (after :data:`~mirage.pipeline.stages.FACE_STAGES`) and the deployment it calls.
+    """
     if isinstance(args, dict):  # called directly with a plain dict
         args = AppArgs.model_validate(args)
     settings = Settings.from_env(base=args.base_settings())
@@ -236,43 +304,21 @@ def build_app(args: AppArgs) -> Application:
     if max_ongoing <= cap:
         raise ValueError(f"ingress max_ongoing_requests ({max_ongoing}) must exceed the session cap ({cap})")
 
+    handles: dict[str, Any] = {}
+    for spec in (*MODEL_DEPLOYMENTS, *extra_deployments):
+        bound = spec.bind(args, settings)
+        if bound is not None:
+            handles[spec.name] = bound
     d = args.detector
-    detector = FaceDetector.options(
-        name="FaceDetector",
-        user_config=d.user_config(),
-        **d.serve_options(d.default_max_ongoing(2), args.replica_env_vars()),
-    ).bind(DetectorConfig(model=d.model, score_threshold=d.score_threshold, num_threads=d.num_threads))
-
-    w = args.swapper
-    mesh = MeshSwapConfig(max_crop=w.max_crop_size)
-    swapper = FaceSwapper.options(
-        name="FaceSwapper",
-        user_config=w.user_config(),
-        **w.serve_options(w.default_max_ongoing(1), args.replica_env_vars()),
-    ).bind(
-        SwapperConfig(
-            mesh=mesh,
-            inswapper=w.inswapper,
-            reference_detector=w.reference_detector,
-            num_threads=w.num_threads,
-            max_reference_bytes=settings.session.max_reference_bytes,
-            max_reference_side=settings.session.max_reference_side,
-        )
-    )
-
-    v = args.voice
-    voice = VoiceConverter.options(
-        name="VoiceConverter",
-        user_config=v.user_config(),
-        **v.serve_options(v.default_max_ongoing(2), args.replica_env_vars()),
-    ).bind(VoiceCoreConfig(rvc=v.rvc, num_threads=v.num_threads))
+    mesh = MeshSwapConfig(max_crop=args.swapper.max_crop_size)
+    stages = (*FACE_STAGES, *extra_stages)
 
     ingress_opts = ingress_args.serve_options(max_ongoing, args.replica_env_vars())
     ingress = MirageIngress.options(
         name="MirageIngress",
         graceful_shutdown_timeout_s=ingress_args.graceful_shutdown_timeout_s,
         **ingress_opts,
-    ).bind(detector, swapper, settings, IngressConfig(detector_model=d.model, mesh=mesh), voice)
+    ).bind(handles, settings, IngressConfig(detector_model=d.model, mesh=mesh, stages=stages))
     logger.info(
         "Mirage app: %d session(s) per ingress replica (max_ongoing_requests %d), detector %s, badge %s, "
         "fallback %s, voice for new sessions %s",

@@ -30,6 +30,9 @@ from ray import serve
 
 from deployments.logs import enable_info_logs
 from mirage.memtrim import HeapTrimmer
+from mirage.pipeline.models import DETECTOR, SWAPPER, VOICE
+from mirage.pipeline.prepare import FramePreparer
+from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.swap.mesh import MeshSwapConfig
 from serve_app.auth import (
     MISSING_KEY_MESSAGE,
@@ -45,7 +48,7 @@ from serve_app.disclosure import SYNTHETIC_NOTICE, allowed_swappers, swapper_lic
 from serve_app.drain import DrainWatcher
 from serve_app.ice import ice_policy, ice_server_dicts
 from serve_app.metrics import RayFrameMetrics, RollingStats
-from serve_app.orchestrator import FramePreparer, ServeModelClient
+from serve_app.orchestrator import ServeModelClient
 from serve_app.routing import REFUSED_METRIC, SESSIONS_METRIC, RecentCount, slot_stats
 from serve_app.sessions import (
     SHUTDOWN_REASON,
@@ -75,6 +78,12 @@ class IngressConfig:
     opencv_threads: int = 1
     #: Seconds between returns of freed heap memory to the system (mirage/memtrim.py); 0 = never.
     heap_trim_interval_s: float = 30.0
+    #: The frame pipeline's face stages (mirage.pipeline.stages.FACE_STAGES, plus any added).
+    stages: tuple[FaceStage, ...] = FACE_STAGES
+
+
+#: Short names of the model deployments in /metrics/deployments.
+DEPLOYMENT_KEYS = {DETECTOR: "detector", SWAPPER: "swapper", VOICE: "voice", "FaceEnhancer": "enhancer"}
 
 
 def gpu_report(timeout_s: float = 5.0) -> dict[str, Any]:
@@ -183,9 +192,8 @@ def static_response(path: str, root: Path = STATIC_DIR) -> Response:
 )
 @serve.ingress(app)
 class MirageIngress:
-    def __init__(
-        self, detector: Any, swapper: Any, settings: Settings, config: IngressConfig | None = None, voice: Any = None
-    ) -> None:
+    def __init__(self, handles: dict[str, Any], settings: Settings, config: IngressConfig | None = None) -> None:
+        """``handles``: the model deployments' handles by deployment name (serve_app.app.MODEL_DEPLOYMENTS)."""
         enable_info_logs()
         self.config = config or IngressConfig()
         self.settings = settings
@@ -194,16 +202,17 @@ class MirageIngress:
         self.sink = RayFrameMetrics()
         ice_policy(settings.ice)  # a bad MIRAGE_ICE_* value stops the replica here, with its sentence
         self.registry = SessionRegistry(settings.session.max_sessions_per_replica, settings.session.max_pending_sockets)
-        self.models = ServeModelClient(detector, swapper)
-        self._detector = detector
-        self._swapper = swapper
+        self._handles = dict(handles)
+        self.models = ServeModelClient(self._handles)
         #: The VoiceConverter's handle (None: sessions' voices are disguised here, in the ingress).
-        self._voice = voice
+        self._voice = self._handles.get(VOICE)
+        voice = self._voice
         self.ctx = SessionContext(
             voice=voice,
             settings=settings,
             models=self.models,
             preparer=FramePreparer(self.config.detector_model, self.config.mesh),
+            stages=self.config.stages,
             stats=self.stats,
             sink=self.sink,
         )
@@ -265,7 +274,7 @@ class MirageIngress:
     async def _available_swappers(self) -> list[str]:
         if self._swappers is None:
             try:
-                self._swappers = list(await asyncio.wait_for(self.models.available_swappers(), 10.0))
+                self._swappers = list(await asyncio.wait_for(self.models.call(SWAPPER, "available_swappers"), 10.0))
             except Exception as exc:  # noqa: BLE001
                 logger.warning("could not ask the swapper for its swappers (%s)", type(exc).__name__)
                 return ["mesh"]
@@ -412,10 +421,8 @@ class MirageIngress:
     async def deployment_stats(self) -> dict[str, Any]:
         """Batch statistics of the model deployments (the replica each call reaches)."""
         out: dict[str, Any] = {}
-        handles = [("detector", self._detector), ("swapper", self._swapper)]
-        if self._voice is not None:
-            handles.append(("voice", self._voice))
-        for name, handle in handles:
+        for deployment, handle in self._handles.items():
+            name = DEPLOYMENT_KEYS.get(deployment, deployment)
             try:
                 out[name] = await asyncio.wait_for(handle.stats.remote(), 10.0)
             except Exception as exc:  # noqa: BLE001

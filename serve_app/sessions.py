@@ -26,11 +26,13 @@ from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from mirage.client.jitter import use_marker_frames
+from mirage.pipeline.models import SWAPPER, ModelClient
+from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.types import SwapOptions
 from mirage.voice.config import PRESETS, VoiceError, VoiceSelection, selection_from_options
 from mirage.voice.track import VoiceTrack
 from mirage.webrtc.guard import DropCounters, guard_peer_connection
+from mirage.webrtc.jitter import use_marker_frames
 from serve_app.auth import key_matches, rejection_message
 from serve_app.breaker import StageBreakers
 from serve_app.control import (
@@ -52,7 +54,7 @@ from serve_app.disclosure import is_commercial, noncommercial_message
 from serve_app.ice import fingerprint_problem, has_receivable_video, ice_policy, prefer_codec, rtc_configuration
 from serve_app.media import LatestFramePump, OrderedVideoTrack, cancel_and_wait
 from serve_app.metrics import FrameMetricsSink, FrameRecord, NullSink, RollingStats
-from serve_app.orchestrator import FramePreparer, FrameProcessor, ModelClient, SessionControls, VideoLoop
+from serve_app.orchestrator import FramePreparer, FrameProcessor, SessionControls, VideoLoop
 from serve_app.settings import Settings
 from serve_app.voice import VoiceTotals, deployment_convert, local_convert, local_core, voice_track
 
@@ -116,6 +118,8 @@ class SessionContext:
     preparer: FramePreparer
     stats: RollingStats
     sink: FrameMetricsSink = field(default_factory=NullSink)
+    #: The frame pipeline's face stages (mirage.pipeline.stages.FACE_STAGES, plus any added).
+    stages: tuple[FaceStage, ...] = FACE_STAGES
     #: Per-stage circuit breakers shared by this replica's sessions (serve_app.breaker).
     breakers: StageBreakers = field(default_factory=StageBreakers)
     #: The VoiceConverter deployment's handle; None: voices are converted in this process.
@@ -283,7 +287,8 @@ class Session:
         self._pump = LatestFramePump(self._video_in, on_drop=on_drop)
         self._pump.start()
         self._processor = FrameProcessor(
-            self._ctx.models, self._ctx.preparer, self._settings, self.controls, breakers=self._ctx.breakers
+            self._ctx.models, self._ctx.preparer, self._settings, self.controls, breakers=self._ctx.breakers,
+            stages=self._ctx.stages,
         )
         self._loop = VideoLoop(
             self._pump, self._processor, self._video_out, self._settings.max_side, on_frame, self._settings.max_output_side
@@ -315,7 +320,7 @@ class Session:
 
         async def forget() -> None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ctx.models.forget_identity(key), 2.0)
+                await asyncio.wait_for(self._ctx.models.call(SWAPPER, "forget_identity", key), 2.0)
 
         self.spawn(forget())
 
@@ -352,7 +357,9 @@ class Session:
 
     async def identity_for(self, photo: bytes, swapper: str, request_id: int | None) -> tuple[Any, str | None]:
         try:
-            reply = await asyncio.wait_for(self._ctx.models.prepare_identity(photo, swapper), IDENTITY_TIMEOUT_S)
+            reply = await asyncio.wait_for(
+                self._ctx.models.call(SWAPPER, "prepare_identity", photo, swapper), IDENTITY_TIMEOUT_S
+            )
         except asyncio.TimeoutError:
             raise ControlError("busy", "Preparing the reference photo took too long; try again.", request_id) from None
         if not reply.ok:
@@ -520,7 +527,7 @@ class Session:
         self._reference = b""
         if key:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ctx.models.forget_identity(key), 2.0)
+                await asyncio.wait_for(self._ctx.models.call(SWAPPER, "forget_identity", key), 2.0)
         if self.spoofed.total:
             self._ctx.sink.spoofed(self.spoofed.total)
         if large:

@@ -128,6 +128,29 @@ def _check_image(image: Image) -> None:
     if image.dtype != np.uint8:
         raise InvalidImageError(f"Expected a uint8 image, got dtype {image.dtype}.")
 
+def input_size(model: str) -> int:
+    """The square input side of a BlazeFace model (``short`` or ``full``), without loading it."""
+    if model not in _SPECS:
+        raise ValueError(f"BlazeFace model must be 'short' or 'full', got {model!r}")
+    return _SPECS[model].input_size
+
+
+def letterbox(image_bgr: Image, size: int) -> DetectorInput:
+    """A BGR frame letterboxed into a square RGB detector input (aspect kept, centred); no model needed."""
+    _check_image(image_bgr)
+    h, w = image_bgr.shape[:2]
+    scale = size / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=interp)
+    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+    tensor = np.zeros((size, size, 3), np.uint8)
+    tensor[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    # Use the exact per-axis scale of the resize so boxes map back without drift.
+    sx, sy = new_w / w, new_h / h
+    return DetectorInput(tensor=tensor, scale=float((sx + sy) / 2), pad_x=float(pad_x), pad_y=float(pad_y))
+
+
 
 class BlazeFaceDetector:
     """BlazeFace via LiteRT; batch in, batch out."""
@@ -152,19 +175,7 @@ class BlazeFaceDetector:
 
     def prepare(self, image_bgr: Image) -> DetectorInput:
         """Letterbox a BGR frame into the model's square RGB input (aspect kept, centred)."""
-        _check_image(image_bgr)
-        h, w = image_bgr.shape[:2]
-        size = self.input_size
-        scale = size / max(h, w)
-        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=interp)
-        pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
-        tensor = np.zeros((size, size, 3), np.uint8)
-        tensor[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-        # Use the exact per-axis scale of the resize so boxes map back without drift.
-        sx, sy = new_w / w, new_h / h
-        return DetectorInput(tensor=tensor, scale=float((sx + sy) / 2), pad_x=float(pad_x), pad_y=float(pad_y))
+        return letterbox(image_bgr, self.input_size)
 
     def infer(self, inputs: Sequence[DetectorInput]) -> list[list[Detection]]:
         """Detections per input, in frame pixels, highest score first."""

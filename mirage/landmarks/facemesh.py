@@ -98,6 +98,18 @@ def roi_matrix(roi: FaceRoi, out_size: int = MESH_INPUT_SIZE) -> Affine:
     t = np.array([out_size / 2, out_size / 2]) - a @ np.array([roi.center_x, roi.center_y])
     return np.hstack([a, t[:, None]]).astype(np.float32)
 
+def mesh_input(image_bgr: Image, roi: FaceRoi) -> MeshInput:
+    """The ROI cut out of a BGR frame into FaceMesh's 192x192 RGB input; no model needed."""
+    if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
+        raise InvalidImageError(f"Expected a uint8 BGR image of shape (H, W, 3), got {getattr(image_bgr, 'shape', None)}.")
+    if not roi.size > 0:
+        raise ValueError(f"ROI size must be positive, got {roi.size}")
+    matrix = roi_matrix(roi)
+    crop = cv2.warpAffine(image_bgr, matrix, (MESH_INPUT_SIZE, MESH_INPUT_SIZE), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return MeshInput(tensor=cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), matrix=matrix)
+
+
 
 class FaceMeshLandmarker:
     """FaceMesh via LiteRT; batch of (crop) in, batch of 468-point landmarks out."""
@@ -110,14 +122,7 @@ class FaceMeshLandmarker:
 
     def prepare(self, image_bgr: Image, roi: FaceRoi) -> MeshInput:
         """Crop the ROI out of a BGR frame into the model's 192x192 RGB input."""
-        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
-            raise InvalidImageError(f"Expected a uint8 BGR image of shape (H, W, 3), got {getattr(image_bgr, 'shape', None)}.")
-        if not roi.size > 0:
-            raise ValueError(f"ROI size must be positive, got {roi.size}")
-        matrix = roi_matrix(roi)
-        crop = cv2.warpAffine(image_bgr, matrix, (MESH_INPUT_SIZE, MESH_INPUT_SIZE), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        return MeshInput(tensor=cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), matrix=matrix)
+        return mesh_input(image_bgr, roi)
 
     def infer(self, inputs: Sequence[MeshInput]) -> list[FaceLandmarks]:
         """Landmarks in frame pixels (z scaled like x, y), confidence = sigmoid(presence logit)."""

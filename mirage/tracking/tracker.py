@@ -2,8 +2,9 @@
 
 :class:`FaceTracker` is pure state, it never calls a model: the server asks it
 for a :class:`TrackPlan`, runs the detector (only when ``plan.detect``) and the
-landmarker in other processes, then feeds the landmarks back with
-:meth:`FaceTracker.observe`. :func:`track_stream` does the same in-process.
+landmarker (in other processes, or in process: the one frame pipeline,
+``mirage.pipeline.frame``), then feeds the landmarks back with
+:meth:`FaceTracker.observe`.
 
 As in MediaPipe's face-mesh graph, the ROI for the next frame comes from the
 current frame's raw (unsmoothed) mesh, so tracking never lags behind motion.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -32,11 +32,7 @@ from mirage.detect.blazeface import largest_faces
 from mirage.geometry.align import estimate_similarity
 from mirage.landmarks.facemesh import FaceRoi, roi_from_detection, roi_from_landmarks
 from mirage.tracking.one_euro import OneEuroConfig, OneEuroFilter
-from mirage.types import Detection, FaceLandmarks, Image
-
-if TYPE_CHECKING:
-    from mirage.detect.blazeface import BlazeFaceDetector
-    from mirage.landmarks.facemesh import FaceMeshLandmarker
+from mirage.types import Detection, FaceLandmarks
 
 logger = logging.getLogger(__name__)
 
@@ -209,15 +205,3 @@ def _same_face(tracked: FaceRoi, fresh: FaceRoi) -> bool:
     ratio = fresh.size / max(tracked.size, 1e-6)
     return bool(dist < 0.15 * tracked.size and 0.7 < ratio < 1.4)
 
-
-def track_stream(detector: BlazeFaceDetector, landmarker: FaceMeshLandmarker, tracker: FaceTracker,
-                 frame: Image, t: float) -> list[FaceLandmarks]:
-    """One frame in-process: plan, detect if asked, mesh, observe; returns smoothed landmarks."""
-    plan = tracker.plan()
-    rois = plan.rois
-    if plan.detect:
-        dets = detector.detect([frame])[0]
-        if dets:
-            rois = tracker.rois_from_detections(dets)
-    raw = landmarker.landmarks([(frame, roi) for roi in rois]) if rois else []
-    return tracker.observe(raw, t, detected=plan.detect)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from deployments.swapper import SwapperConfig, SwapperCore
+from mirage.pipeline.identity import SwapEngine, SwapperConfig
 from serve_app.control import ControlError, decode_reference
 from tests.faces import astronaut_bgr
 
@@ -133,13 +133,13 @@ def _uploads(rng: random.Random) -> Iterator[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def core() -> SwapperCore:
-    c = SwapperCore(SwapperConfig(inswapper=False))
+def core() -> SwapEngine:
+    c = SwapEngine(SwapperConfig(inswapper=False))
     c.build_identity(_png(_portrait(256)), "mesh")  # warm up: models loaded, allocator primed
     return c
 
 
-def test_hostile_uploads_get_a_code_and_stay_in_budget(core: SwapperCore, caplog: pytest.LogCaptureFixture) -> None:
+def test_hostile_uploads_get_a_code_and_stay_in_budget(core: SwapEngine, caplog: pytest.LogCaptureFixture) -> None:
     rng = random.Random(1010)
     caplog.set_level(logging.INFO)
     seen: dict[str, str | None] = {}
@@ -158,7 +158,7 @@ def test_hostile_uploads_get_a_code_and_stay_in_budget(core: SwapperCore, caplog
     assert "Traceback" not in caplog.text and "crashed" not in caplog.text
 
 
-def test_a_group_photo_uses_the_largest_face(core: SwapperCore) -> None:
+def test_a_group_photo_uses_the_largest_face(core: SwapEngine) -> None:
     from pathlib import Path
 
     import insightface
@@ -169,7 +169,7 @@ def test_a_group_photo_uses_the_largest_face(core: SwapperCore) -> None:
     assert reply.faces_found == 6 and reply.note and "largest" in reply.note
 
 
-def test_base64_variants(core: SwapperCore) -> None:
+def test_base64_variants(core: SwapEngine) -> None:
     blob = _png(_portrait(256))
     plain = base64.b64encode(blob).decode("ascii")
     variants = {

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from mirage.errors import ConfigError
 from serve_app.app import AppArgs, build_app
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
@@ -15,8 +16,9 @@ CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
 
 def _deployments(app):  # type: ignore[no-untyped-def]
     ingress = app._bound_deployment
-    models = [*ingress.init_args[:2], *ingress.init_args[4:5]]  # detector, swapper, (settings, config), voice
-    return {"MirageIngress": ingress, **{a._bound_deployment.name: a._bound_deployment for a in models}}
+    handles = ingress.init_args[0]  # the model deployments by name (serve_app.app.MODEL_DEPLOYMENTS)
+    assert all(name == a._bound_deployment.name for name, a in handles.items())
+    return {"MirageIngress": ingress, **{a._bound_deployment.name: a._bound_deployment for a in handles.values()}}
 
 
 def test_serve_config_builds_with_fractional_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +109,8 @@ def test_voice_enable_is_read_once_into_settings() -> None:
     assert on.enable and on.initial_selection().name == "disguise"
     deep = Settings.from_env({"MIRAGE_VOICE_ENABLE": "yes", "MIRAGE_VOICE_DEFAULT": "deep", "MIRAGE_VOICE_FALLBACK": "mute"}).voice
     assert deep.initial_selection().params.pitch_semitones == -5.0 and deep.fallback == "mute"
-    # Unusable values are logged and the defaults kept, like the other MIRAGE_* variables.
-    odd = Settings.from_env({"MIRAGE_VOICE_ENABLE": "1", "MIRAGE_VOICE_DEFAULT": "chipmunk", "MIRAGE_VOICE_CHUNK_MS": "23"}).voice
-    assert odd.initial_selection().name == "disguise" and odd.chunk_ms == 20
-    assert not Settings.from_env({"MIRAGE_VOICE_ENABLE": "maybe"}).voice.enable
+    # Unusable values stop start-up with one sentence naming the variable, like every MIRAGE_* variable.
+    for env, name in (({"MIRAGE_VOICE_ENABLE": "1", "MIRAGE_VOICE_DEFAULT": "chipmunk"}, "MIRAGE_VOICE_DEFAULT"),
+                      ({"MIRAGE_VOICE_CHUNK_MS": "23"}, "MIRAGE_VOICE_CHUNK_MS"), ({"MIRAGE_VOICE_ENABLE": "maybe"}, "MIRAGE_VOICE_ENABLE")):
+        with pytest.raises(ConfigError, match=f"^{name} must be"):
+            Settings.from_env(env)

@@ -1,4 +1,4 @@
-"""The per-frame orchestration (serve_app/orchestrator.py, media.py) against in-process models.
+"""The per-frame orchestration (the one frame pipeline as serve_app/orchestrator.py runs it, media.py) against in-process models.
 
 Real BlazeFace/FaceMesh/mesh swap on the astronaut clip; failing or late model
 calls are simulated by wrapping the real client, to check the fallback policies.
@@ -17,16 +17,14 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from deployments.swapper import SwapperCore
 from mirage.client.sources import astronaut_source
-from mirage.detect.blazeface import BlazeFaceDetector
-from mirage.landmarks.facemesh import FaceMeshLandmarker
+from mirage.pipeline.identity import IdentityCache, SwapEngine
+from mirage.pipeline.models import DETECTOR, SWAPPER, DetectorEngine, LocalModelClient
 from serve_app.media import LatestFramePump, OrderedVideoTrack
 from serve_app.metrics import FrameRecord
 from serve_app.orchestrator import (
     FramePreparer,
     FrameProcessor,
-    LocalModelClient,
     SessionControls,
     VideoLoop,
     to_bgr,
@@ -37,12 +35,12 @@ from tests.faces import tom_hanks_path
 
 @pytest.fixture(scope="module")
 def local_models() -> LocalModelClient:
-    return LocalModelClient(BlazeFaceDetector(), FaceMeshLandmarker(), SwapperCore())
+    return LocalModelClient({DETECTOR: DetectorEngine(), SWAPPER: SwapEngine()})
 
 
 @pytest.fixture(scope="module")
 def identity(local_models: LocalModelClient):
-    reply = asyncio.run(local_models.prepare_identity(tom_hanks_path().read_bytes(), "mesh"))
+    reply = asyncio.run(local_models.call(SWAPPER, "prepare_identity", tom_hanks_path().read_bytes(), "mesh"))
     assert reply.ok
     return reply.identity
 
@@ -58,22 +56,23 @@ def _frames(n: int) -> list[np.ndarray]:
 
 
 class Broken:
-    """A ModelClient whose chosen stage fails (``mode='raise'``) or hangs (``'late'``)."""
+    """A ModelClient whose chosen stage (model method) fails (``mode='raise'``) or hangs (``'late'``)."""
 
     def __init__(self, inner: LocalModelClient, stage: str, mode: str) -> None:
         self._inner, self._stage, self._mode = inner, stage, mode
 
-    def __getattr__(self, name: str):
-        method = getattr(self._inner, name)
-        if name != self._stage:
-            return method
+    def has(self, deployment: str) -> bool:
+        return self._inner.has(deployment)
 
-        async def failing(*args, **kwargs):
-            if self._mode == "late":
-                await asyncio.sleep(10)
-            raise RuntimeError("simulated model failure")
+    async def call(self, deployment: str, method: str, *args):  # type: ignore[no-untyped-def]
+        return await self._inner.call(deployment, method, *args)
 
-        return failing
+    async def infer(self, deployment: str, method: str, item):  # type: ignore[no-untyped-def]
+        if method != self._stage:
+            return await self._inner.infer(deployment, method, item)
+        if self._mode == "late":
+            await asyncio.sleep(10)
+        raise RuntimeError("simulated model failure")
 
 
 class Clock:
@@ -240,16 +239,17 @@ def test_loop_keeps_order_and_timing_and_counts_drops(local_models, identity, pr
 
 
 def test_identity_travels_once_and_is_resent_to_a_replica_that_lacks_it(identity, preparer) -> None:
-    core = SwapperCore()
-    models = LocalModelClient(BlazeFaceDetector(), FaceMeshLandmarker(), core)
+    core = SwapEngine()
+    models = LocalModelClient({DETECTOR: DetectorEngine(), SWAPPER: core})
     sent: list[bool] = []
-    real_swap = models.swap
+    real_infer = models.infer
 
-    async def spy(item):  # type: ignore[no-untyped-def]
-        sent.append(item.identity is not None)
-        return await real_swap(item)
+    async def spy(deployment, method, item):  # type: ignore[no-untyped-def]
+        if method == "swap":
+            sent.append(item.identity is not None)
+        return await real_infer(deployment, method, item)
 
-    models.swap = spy  # type: ignore[method-assign]
+    models.infer = spy  # type: ignore[method-assign]
     frames = _frames(6)
     proc = _processor(models, preparer, identity)
     proc.controls.set_identity(identity)
@@ -270,8 +270,6 @@ def test_identity_travels_once_and_is_resent_to_a_replica_that_lacks_it(identity
 
 
 def test_identity_cache_expires_and_hides_its_data() -> None:
-    from deployments.swapper import IdentityCache
-
     clock = Clock()
     cache = IdentityCache(ttl_s=10.0, max_entries=2, clock=clock)
     marker = np.full((4, 4, 3), 7, np.uint8)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import cv2
 import numpy as np
 import pytest
 
 from mirage.detect.blazeface import BlazeFaceDetector
 from mirage.landmarks.facemesh import FaceMeshLandmarker, roi_from_detection
+from mirage.pipeline.controls import FrameControls
+from mirage.pipeline.frame import FramePipeline, FrameSettings, inline
+from mirage.pipeline.models import DETECTOR, DetectorEngine, LocalModelClient
+from mirage.pipeline.prepare import FramePreparer
 from mirage.tracking.one_euro import OneEuroConfig, OneEuroFilter
-from mirage.tracking.tracker import FaceTracker, TrackerConfig, track_stream
+from mirage.tracking.tracker import FaceTracker, TrackerConfig
 from mirage.types import Detection, FaceLandmarks
 from tests.faces import astronaut_bgr
 
@@ -137,6 +143,17 @@ def test_rois_from_detections_largest_and_sticky(mesh: FaceLandmarks) -> None:
     assert tracker.rois_from_detections([confirm]) == [tracked]
 
 
+def _pipeline(detect_every: int = 10) -> FramePipeline:
+    """The one frame pipeline's tracking front on the real models, in process (no face stage needed)."""
+    models = LocalModelClient({DETECTOR: DetectorEngine()}, in_thread=False)
+    return FramePipeline(models, FramePreparer(), FrameSettings(deadline_s=None, detect_every=detect_every),
+                         FrameControls(), offload=inline)
+
+
+def _track(pipeline: FramePipeline, frame: np.ndarray, t: float) -> list[FaceLandmarks]:
+    return asyncio.run(pipeline.analyze(frame, t)).faces
+
+
 # --- Real frames through the real models ----------------------------------------------------------
 
 
@@ -170,13 +187,14 @@ def test_tracking_follows_motion_and_redetects(detector: BlazeFaceDetector, mesh
     rng = np.random.default_rng(3)
     base = astronaut_bgr()
     config = TrackerConfig(detect_every=10)
-    tracker = FaceTracker(config)
+    pipeline = _pipeline(config.detect_every)
+    tracker = pipeline.tracker
     detect_frames, errors = [], []
     for i in range(30):
         frame = _noisy(_shift(base, 3.0 * i), rng)
         if tracker.plan().detect:
             detect_frames.append(i)
-        out = track_stream(detector, mesher, tracker, frame, i / FPS)
+        out = _track(pipeline, frame, i / FPS)
         assert len(out) == 1
         expected = mesh.xy + np.float32([3.0 * i, 0.0])
         errors.append(float(np.linalg.norm(out[0].xy - expected, axis=1).mean()))
@@ -186,19 +204,20 @@ def test_tracking_follows_motion_and_redetects(detector: BlazeFaceDetector, mesh
 
     # A big jump (40 px in one frame) asks for a detection on the next frame, and tracking recovers.
     jumped = _shift(base, 90.0 + 40.0, 20.0)
-    track_stream(detector, mesher, tracker, _noisy(jumped, rng), 30 / FPS)
+    _track(pipeline, _noisy(jumped, rng), 30 / FPS)
     assert tracker.plan().detect
     for i in range(31, 40):
-        out = track_stream(detector, mesher, tracker, _noisy(jumped, rng), i / FPS)
+        out = _track(pipeline, _noisy(jumped, rng), i / FPS)
     expected = mesh.xy + np.float32([130.0, 20.0])
     assert np.linalg.norm(out[0].xy - expected, axis=1).mean() < 3.0
 
 
 def test_face_leaving_the_frame_is_dropped(detector: BlazeFaceDetector, mesher: FaceMeshLandmarker) -> None:
-    tracker = FaceTracker()
-    assert len(track_stream(detector, mesher, tracker, astronaut_bgr(), 0.0)) == 1
+    pipeline = _pipeline()
+    tracker = pipeline.tracker
+    assert len(_track(pipeline, astronaut_bgr(), 0.0)) == 1
     grey = np.full((512, 512, 3), 128, np.uint8)
-    assert track_stream(detector, mesher, tracker, grey, 1 / FPS) == []
+    assert _track(pipeline, grey, 1 / FPS) == []
     assert tracker.plan().detect and tracker.faces == []
 
 

@@ -1,0 +1,75 @@
+"""What crosses the boundary into the model stages: small, picklable values only.
+
+Never a whole frame: the detector gets a letterboxed model input, the
+landmarker a 192x192 crop, the swapper a face crop plus a key naming the
+session's identity. The identity itself (a 512-float latent, or the mesh
+swapper's texture + mesh) travels only when the swapper may not have it yet;
+swapper replicas keep it in memory for a short time (see
+``mirage.pipeline.identity.IdentityCache``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from mirage.types import FaceCrop, Identity, Image, SwapOptions, SwappedFace, SwapperName
+
+#: ``SwapResult.error`` when the replica does not hold the identity a key names: resend it.
+UNKNOWN_IDENTITY = "unknown_identity"
+#: ``SwapResult.error`` when the requested swapper is not loaded on this replica.
+SWAPPER_UNAVAILABLE = "swapper_unavailable"
+
+
+@dataclass(frozen=True)
+class SwapItem:
+    """One face to swap: the live crop, which identity to put on it (key, and the data when needed), and how."""
+
+    crop: FaceCrop
+    identity_key: str
+    identity: Identity | None = field(default=None, repr=False)
+    swapper: SwapperName = "mesh"
+    options: SwapOptions = field(default_factory=SwapOptions)
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    """A swapped face on its way back: the mask as uint8 (a quarter of float32's bytes), or an error code."""
+
+    image: Image | None = None
+    mask: npt.NDArray[np.uint8] | None = None
+    error: str | None = None
+
+    @classmethod
+    def pack(cls, face: SwappedFace) -> SwapResult:
+        mask = np.clip(np.rint(np.asarray(face.mask, np.float32) * 255.0), 0, 255).astype(np.uint8)
+        return cls(image=face.image, mask=mask)
+
+    def face(self) -> SwappedFace:
+        if self.image is None or self.mask is None:
+            raise ValueError(f"no swapped face ({self.error or 'empty result'})")
+        return SwappedFace(image=self.image, mask=self.mask.astype(np.float32) * (1.0 / 255.0))
+
+
+@dataclass(frozen=True)
+class IdentityReply:
+    """The answer to ``FaceSwapper.prepare_identity``: identity data, or why there is none.
+
+    User errors (not an image, too large, no face, swapper unavailable) come
+    back as ``code`` + ``message`` rather than as exceptions, so that no
+    traceback (which could quote the input) travels or gets logged. The
+    identity's repr is hidden: it is private data.
+    """
+
+    identity: Identity | None = field(default=None, repr=False)
+    swapper: SwapperName = "mesh"
+    note: str | None = None
+    faces_found: int = 0
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.identity is not None and self.code is None
