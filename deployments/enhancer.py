@@ -29,6 +29,8 @@ from deployments.detector import BatchingConfig, run_batch
 from deployments.logs import enable_info_logs
 from deployments.metrics import BatchMetrics
 from mirage.enhance import EnhanceItem, EnhancerBank, EnhancerConfig, EnhanceRequest, EnhanceResult
+from mirage.runtime.select import RuntimeConfig
+from mirage.weights.provision import ModelStore, ProvisionConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,10 @@ class FaceEnhancer:
     def __init__(self, config: EnhancerConfig | None = None) -> None:
         enable_info_logs()
         self.config = config or EnhancerConfig()
-        self.bank = EnhancerBank.load(self.config)
+        # The edge: the models directory and the runtime settings (MIRAGE_MODELS_DIR, MIRAGE_TRT_*,
+        # MIRAGE_CUDA_ONLY) are read here once, the same ones `models compile` keys engines on.
+        store = None if self.config.models_dir is not None else ModelStore(ProvisionConfig.from_env())
+        self.bank = EnhancerBank.load(self.config, store=store, runtime=RuntimeConfig.from_env())
         self._metrics = BatchMetrics("enhancer")
         self._batching = EnhancerBatchingConfig.model_validate({})
         logger.info("FaceEnhancer ready: %s", ", ".join(self.bank.available()) or "no enhancer provisioned")
