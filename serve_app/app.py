@@ -145,6 +145,40 @@ class IngressArgs(DeploymentArgs):
 
     max_sessions_per_replica: int = Field(4, ge=1)
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0.0)
+    #: "sessions": new sessions go to the replica with the most free slots (serve_app.routing);
+    #: "default": Serve's power-of-two-choices router.
+    router: Literal["sessions", "default"] = "sessions"
+    #: How often each replica reports its free slots to the routers (seconds).
+    routing_stats_period_s: float = Field(1.0, gt=0.0, le=60.0)
+    #: The hint a "server_full" refusal carries (seconds); clients wait at least this long.
+    retry_after_s: float = Field(3.0, gt=0.0, le=600.0)
+    #: With autoscaling_config: "sessions" scales on open sessions with ``spare_slots`` slots kept
+    #: free across the replicas (serve_app.routing.SessionAutoscalingPolicy); "requests": Serve's
+    #: own policy on target_ongoing_requests.
+    autoscale_on: Literal["sessions", "requests"] = "sessions"
+    spare_slots: int = Field(2, ge=0, le=64)
+
+    def routing_options(self, cap: int) -> dict[str, Any]:
+        """The ingress's request_router_config and, with autoscaling, its policy (serve_app.routing)."""
+        from ray.serve.config import RequestRouterConfig
+
+        from serve_app.routing import AUTOSCALING_POLICY, ROUTER_CLASS
+
+        opts: dict[str, Any] = {}
+        if self.router == "sessions":
+            opts["request_router_config"] = RequestRouterConfig(
+                request_router_class=ROUTER_CLASS,
+                request_routing_stats_period_s=self.routing_stats_period_s,
+                request_routing_stats_timeout_s=max(5.0, 5 * self.routing_stats_period_s),
+            )
+        if self.autoscaling_config and self.autoscale_on == "sessions" and "policy" not in self.autoscaling_config:
+            config = dict(self.autoscaling_config)
+            config["policy"] = {
+                "policy_function": AUTOSCALING_POLICY,
+                "policy_kwargs": {"max_sessions_per_replica": cap, "spare_slots": self.spare_slots},
+            }
+            opts["autoscaling_config"] = config
+        return opts
 
     @model_validator(mode="after")
     def _headroom(self) -> IngressArgs:
@@ -203,6 +237,7 @@ class AppArgs(_Args):
         s = self.session
         session = SessionSettings(
             max_sessions_per_replica=self.ingress.max_sessions_per_replica,
+            retry_after_s=self.ingress.retry_after_s,
             max_side=s.max_side,
             max_output_side=s.max_output_side,
             max_fps=s.max_fps,
@@ -314,6 +349,7 @@ def build_app(
     stages = (*FACE_STAGES, *extra_stages)
 
     ingress_opts = ingress_args.serve_options(max_ongoing, args.replica_env_vars())
+    ingress_opts.update(ingress_args.routing_options(cap))  # session-aware router, autoscaling on sessions
     ingress = MirageIngress.options(
         name="MirageIngress",
         graceful_shutdown_timeout_s=ingress_args.graceful_shutdown_timeout_s,

@@ -46,11 +46,29 @@
     // A live session whose WebSocket dies (or goes silent: the server sends stats every
     // second) ends its peer connection at once and reconnects, a few times, with back-off.
     lastMessageAt: 0, reconnects: 0, reconnectTimer: null,
+    // "Server full": wait at least the server's retry_after_s (back-off, jitter), then try again;
+    // "server_shutdown" / close 1001 (the replica is going away): reconnect at once.
+    fullRetries: 0, moves: 0, goingAway: false,
     // Consent to use the face (asked once, remembered in this browser only) and the disclosure.
     consent: false, synthetic: false,
   };
   const SILENCE_TIMEOUT_MS = 5000;
   const MAX_RECONNECTS = 5;
+  const MAX_FULL_RETRIES = 20;
+  const RETRY_MAX_MS = 15000;
+
+  // Never before the server's hint; exponential without one; jitter only lengthens the wait,
+  // so pages refused together come back spread out (mirage/client/retry.py has the same rule).
+  function retryDelayMs(attempt, hintS) {
+    let base = Math.min(RETRY_MAX_MS, 1000 * 2 ** attempt);
+    if (typeof hintS === "number" && hintS >= 0) base = Math.max(base, Math.min(hintS * 1000, RETRY_MAX_MS));
+    return base * (1 + Math.random() * 0.3);
+  }
+
+  function hintFromReason(reason) {
+    const match = /retry_after_s=([0-9]+(?:\.[0-9]+)?)/.exec(reason || "");
+    return match ? Number(match[1]) : null;
+  }
   window.mirage = state;
 
   // ------------------------------------------------------------------ messages
@@ -406,6 +424,11 @@
     if (state.phase !== "connecting" && state.phase !== "live") return;
     if (state.refusal) {
       fail(state.refusal);
+    } else if (event.code === 1013 && state.phase === "connecting") {
+      retryWhenFull(hintFromReason(event.reason));
+    } else if ((event.code === 1001 || event.code === 1012 || state.goingAway) && state.phase === "live" &&
+               state.moves < MAX_RECONNECTS * 4) {
+      moveNow();
     } else if (CLOSE_CODES[event.code]) {
       fail(describeRefusal(CLOSE_CODES[event.code], event.reason));
     } else if (state.phase === "connecting") {
@@ -415,6 +438,43 @@
     } else {
       fail(`The session ended: the server closed the connection${event.reason ? " (" + event.reason + ")" : ""}.`);
     }
+  }
+
+  function retryWhenFull(hintS) {
+    teardown();
+    if (state.fullRetries >= MAX_FULL_RETRIES) {
+      fail(describeRefusal("server_full", ""));
+      return;
+    }
+    const delay = retryDelayMs(state.fullRetries, hintS);
+    state.fullRetries += 1;
+    setPhase("connecting");
+    logEvent(`server full, retry ${state.fullRetries} in ${(delay / 1000).toFixed(1)} s`);
+    const until = performance.now() + delay;
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((until - performance.now()) / 1000));
+      setStatus(`Server full, retrying in ${left} s\u2026`);
+    };
+    tick();
+    const countdown = setInterval(tick, 250);
+    state.reconnectTimer = setTimeout(() => {
+      clearInterval(countdown);
+      state.reconnectTimer = null;
+      if (state.phase === "connecting") start();
+    }, delay);
+    state.timers.push(countdown);
+  }
+
+  function moveNow() {
+    // The server is going away (scale-down, redeploy) and said so: another replica takes the
+    // session at once; the person does nothing.
+    teardown();
+    state.moves += 1;
+    state.goingAway = false;
+    setPhase("connecting");
+    setStatus("The server is moving this session, reconnecting\u2026");
+    logEvent("the server is moving this session to another replica");
+    state.reconnectTimer = setTimeout(() => { state.reconnectTimer = null; start(); }, Math.random() * 200);
   }
 
   function reconnectSoon(why) {
@@ -475,6 +535,7 @@
         renderOverlay();
         break;
       case "event":
+        if (message.event === "server_shutdown") state.goingAway = true;
         logEvent(message.message || message.event);
         break;
       case "ack": {
@@ -500,6 +561,10 @@
       state.errors.push(text);
       return;
     }
+    if (state.phase === "connecting" && message.code === "server_full") {
+      retryWhenFull(typeof message.retry_after_s === "number" ? message.retry_after_s : null);
+      return;
+    }
     if (state.phase === "connecting") {
       state.refusal = text; // the close that follows ends the attempt with this sentence
       fail(text);
@@ -516,6 +581,7 @@
     setPhase("live");
     setStatus("Live.");
     state.reconnects = 0;
+    state.fullRetries = 0;
     state.lastMessageAt = performance.now();
     state.timers.push(setInterval(pollStats, 1000));
     state.timers.push(setInterval(watchSilence, 1000));
@@ -645,6 +711,9 @@
   function stop() {
     if (state.reconnectTimer) { clearTimeout(state.reconnectTimer); state.reconnectTimer = null; }
     state.reconnects = 0;
+    state.fullRetries = 0;
+    state.moves = 0;
+    state.goingAway = false;
     teardown();
     setPhase("idle");
     setStatus("Stopped. Press Start to go live again.");
