@@ -30,6 +30,8 @@ from mirage.pipeline.models import SWAPPER, ModelClient
 from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.types import SwapOptions
 from mirage.voice.config import PRESETS, VoiceError, VoiceSelection, selection_from_options
+from mirage.voice.jitter import use_immediate_audio
+from mirage.voice.sync import SyncConfig
 from mirage.voice.track import VoiceTrack
 from mirage.webrtc.guard import DropCounters, guard_peer_connection
 from mirage.webrtc.jitter import use_marker_frames
@@ -56,7 +58,7 @@ from serve_app.media import LatestFramePump, OrderedVideoTrack, cancel_and_wait
 from serve_app.metrics import FrameMetricsSink, FrameRecord, NullSink, RollingStats
 from serve_app.orchestrator import FramePreparer, FrameProcessor, SessionControls, VideoLoop
 from serve_app.settings import Settings
-from serve_app.voice import VoiceTotals, deployment_convert, local_convert, local_core, voice_track
+from serve_app.voice import SyncedVideoTrack, VoiceTotals, deployment_convert, local_convert, local_core, voice_track
 
 logger = logging.getLogger(__name__)
 
@@ -254,12 +256,19 @@ class Session:
             if transceiver.kind == "video":
                 # Decode each camera frame on its last packet, not when the next frame starts (-1 frame of latency).
                 use_marker_frames(transceiver.receiver)
-        self._video_out = OrderedVideoTrack(window=self._settings.inflight)
+            elif transceiver.kind == "audio":
+                # Each Opus packet to the decoder on arrival (aiortc holds 4): the voice track re-times it.
+                use_immediate_audio(transceiver.receiver)
+        # Times its own path (arrival to the wire) for the A/V hold of the audio (mirage.voice.sync).
+        self._video_out = SyncedVideoTrack(window=self._settings.inflight)
         self._pc.addTrack(self._video_out)
         if self._audio_in is not None:
             delay = (lambda: self.counters.latency_ema_ms / 1000.0) if self._settings.audio_sync else (lambda: 0.0)
             defaults = replace(self._ctx.settings.voice, enable=False)
-            self._audio_out = voice_track(self._audio_in, defaults, self._ctx.voice_convert(), delay)
+            self._audio_out = voice_track(
+                self._audio_in, defaults, self._ctx.voice_convert(), delay, video=self._video_out,
+                sync=SyncConfig(enabled=self._settings.audio_sync),
+            )
             self._audio_out.pump.stream.set_selection(self.voice)
             self._pc.addTrack(self._audio_out)
         try:
@@ -279,8 +288,12 @@ class Session:
             stats.record_dropped(count)
             sink.dropped(count)
 
+        video_out = self._video_out
+
         def on_frame(rec: FrameRecord) -> None:
             self.counters.record(rec)
+            if isinstance(video_out, SyncedVideoTrack):
+                video_out.frame_done(float(rec.stages_ms.get("total", 0.0)))
             stats.record_frame(rec)
             sink.frame(rec)
 
@@ -416,7 +429,7 @@ class Session:
 
     def voice_stats(self) -> dict[str, Any] | None:
         """The voice pump's counters (None: no audio in this session)."""
-        return self._audio_out.pump.stats() if self._audio_out is not None else None
+        return self._audio_out.stats() if self._audio_out is not None else None
 
     # --- the session request ------------------------------------------------------------
     async def send(self, ws: Any, message: dict[str, Any]) -> None:

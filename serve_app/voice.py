@@ -16,17 +16,22 @@ not only over the sessions open now. No audio is kept, only counts.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiortc.mediastreams import MediaStreamTrack
+from av import VideoFrame
 
 from mirage.voice.config import VoiceDefaults
 from mirage.voice.convert import VoiceChunk, VoiceConverterCore, VoiceCoreConfig, VoiceResult
 from mirage.voice.pump import Convert, VoicePump
 from mirage.voice.stream import VoiceStream
+from mirage.voice.sync import AvSync, SyncConfig
 from mirage.voice.track import VoiceTrack
+from serve_app.media import OrderedVideoTrack
 
 #: A voice call slower than this is disguised locally instead (5 chunks of 20 ms).
 VOICE_DEADLINE_S = 0.1
@@ -56,17 +61,58 @@ def local_core() -> VoiceConverterCore:
     return VoiceConverterCore(VoiceCoreConfig(rvc=False))
 
 
+class SyncedVideoTrack(OrderedVideoTrack):
+    """The session's outgoing video, timing its own path for the A/V hold (:class:`~mirage.voice.sync.AvSync`).
+
+    ``frame_done(total_ms)`` when a frame is ready (its arrival is ``now - total``);
+    when aiortc's sender takes the frame, arrival-to-take goes to the sync, and the
+    sender's time between a take and its next request (encoding) too.
+    """
+
+    def __init__(self, window: int) -> None:
+        super().__init__(window)
+        self.sync: AvSync | None = None
+        self._arrivals: list[float] = []
+        self._taken_at: float | None = None
+
+    def frame_done(self, total_ms: float) -> None:
+        if self.sync is not None and len(self._arrivals) < 64:
+            heapq.heappush(self._arrivals, time.monotonic() - total_ms / 1000.0)
+
+    async def recv(self) -> VideoFrame:
+        asked = time.monotonic()
+        if self.sync is not None and self._taken_at is not None:
+            self.sync.sender_busy((asked - self._taken_at) * 1000.0)
+        frame = await super().recv()
+        taken = self._taken_at = time.monotonic()
+        if self.sync is not None and self._arrivals:
+            # Frames leave in arrival order: the earliest ready one is this one.
+            self.sync.video_sent(heapq.heappop(self._arrivals), taken)
+        return frame
+
+
 def voice_track(
     source: MediaStreamTrack,
     defaults: VoiceDefaults,
     convert: Convert,
     delay_s: Callable[[], float],
     deadline_s: float = VOICE_DEADLINE_S,
+    video: SyncedVideoTrack | None = None,
+    sync: SyncConfig | None = None,
 ) -> VoiceTrack:
-    """The session's outgoing audio: the incoming track's voice, converted (or passed when off), in order."""
+    """The session's outgoing audio: the incoming track's voice, converted (or passed when off), in order.
+
+    With ``video`` the audio is held by the session's A/V hold (the video path's measured delay
+    less the converter's latency) instead of ``delay_s``.
+    """
     stream = VoiceStream(defaults.initial_selection(), fallback=defaults.fallback)
     pump = VoicePump(stream, convert=convert, deadline_s=deadline_s)
-    return VoiceTrack(source, pump, delay_s)
+    if video is None:
+        return VoiceTrack(source, pump, delay_s)
+    sync = sync or SyncConfig()
+    av_sync = AvSync(lambda: pump.delay_ms, lambda: stream.latency_ms, sync)
+    video.sync = av_sync
+    return VoiceTrack(source, pump, delay_s, max_delay_s=sync.max_hold_ms / 1000.0, sync=av_sync)
 
 
 class VoiceTotals:

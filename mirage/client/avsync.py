@@ -45,7 +45,7 @@ class MarkPlan:
     search_s: float = 0.9
 
     def __post_init__(self) -> None:
-        if not (1 <= self.gap_frames and 1 <= self.burst_frames and self.gap_frames + self.burst_frames < self.every_frames):
+        if not (self.gap_frames >= 1 and self.burst_frames >= 1 and self.gap_frames + self.burst_frames < self.every_frames):
             raise ValueError("a mark's gap and burst must fit in its period")
         if self.search_s >= self.every_frames * 0.02:
             raise ValueError("the onset search must end before the next mark leaves")

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # the parser is built on every CLI start: aiortc is imported 
 logger = logging.getLogger(__name__)
 
 
-def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_load_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the ``load`` subcommand on the CLI's subparsers."""
     p = subparsers.add_parser("load", help="run N concurrent sessions against a served Mirage app and report fps/latency")
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")

@@ -36,8 +36,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from mirage.client.encoded import EncodedClip
 from mirage.client.avsync import AvMarks, offset_summary
+from mirage.client.encoded import EncodedClip
 from mirage.client.jitter import use_marker_frames
 from mirage.client.sources import VideoSource
 from mirage.client.stamp import frame_distance, read_stamp
@@ -45,6 +45,7 @@ from mirage.client.tracks import LoopedAudioTrack, PreEncodedVideoTrack, SendLed
 from mirage.errors import MirageError
 from mirage.types import Image
 from mirage.video import video_frame_to_bgr
+from mirage.voice.jitter import use_immediate_audio
 from mirage.webrtc.guard import IcePolicy, guard_peer_connection
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,10 @@ class ClientConfig:
     #: Put an A/V mark in the sent audio once a second and measure the returned audio's offset from the
     #: returned video (``SessionStats.av_offsets_ms``; :mod:`mirage.client.avsync`). Needs ``audio``.
     av_marks: bool = False
+    #: Hand each returned Opus packet to the decoder on arrival instead of after four more (aiortc's
+    #: default holds audio 60-80 ms; the player's own buffer is what a receiver needs, see
+    #: :mod:`mirage.voice.jitter`).
+    immediate_audio: bool = True
     fps: float | None = None
     connect_timeout_s: float = 60.0
     #: Decode each received frame on its last packet (RTP marker) instead of on the next
@@ -342,12 +347,14 @@ class MirageSession:
                 + [c for c in codecs if c.mimeType.lower() != "video/h264"]
             )
         if self.config.audio:
-            marks = {"marks": self.av_marks} if self.av_marks is not None else {}
+            marks: dict[str, Any] = {"marks": self.av_marks} if self.av_marks is not None else {}
             if self.config.audio_samples is not None:
                 self._audio = LoopedAudioTrack(self.config.audio_samples, **marks)
             else:
                 self._audio = ToneAudioTrack(self.config.tone_hz, **marks)
-            pc.addTransceiver(self._audio, direction="sendrecv")
+            audio = pc.addTransceiver(self._audio, direction="sendrecv")
+            if self.config.immediate_audio:
+                use_immediate_audio(audio.receiver)
         channel = self._channel = pc.createDataChannel("control")
         channel.on("open", self._channel_open.set)
         channel.on("message", self._on_channel_message)

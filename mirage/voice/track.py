@@ -6,7 +6,10 @@ each decoded frame of the incoming track (any rate/layout; normalised to
 :class:`~mirage.voice.pump.VoicePump`, and :meth:`VoiceTrack.recv` returns the
 converted frames in order, released no earlier than ``arrival + delay_s()``
 (the video's current latency, so lips and voice stay together) and never
-later than the conversion allows. With the voice on, what it returns is never
+later than the conversion allows. With an :class:`~mirage.voice.sync.AvSync`
+the release offset is the session's A/V hold instead: the video path's
+measured delay less the converter's algorithmic latency, gliding by at most
+1 ms a frame, capped (docs/voice.md, "In sync"). With the voice on, what it returns is never
 the input: a late or failed call was already disguised locally by the pump.
 """
 
@@ -23,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from mirage.voice.audio import mono_to_frame, to_float_mono
 from mirage.voice.config import DEFAULT_SAMPLE_RATE
 from mirage.voice.pump import VoicePump
+from mirage.voice.sync import AvSync
 
 _TIME_BASE = fractions.Fraction(1, DEFAULT_SAMPLE_RATE)
 
@@ -36,8 +40,10 @@ class VoiceTrack(MediaStreamTrack):
         pump: VoicePump,
         delay_s: Callable[[], float] = lambda: 0.0,
         max_delay_s: float = 0.3,
+        sync: AvSync | None = None,
     ) -> None:
         super().__init__()
+        self.sync = sync
         self._source = source
         self.pump = pump
         self._delay_s = delay_s
@@ -74,7 +80,10 @@ class VoiceTrack(MediaStreamTrack):
         except EOFError:
             self.stop()
             raise MediaStreamError from None
-        delay = min(max(self._delay_s(), 0.0), self._max_delay_s)
+        if self.sync is not None:
+            delay = self.sync.next_hold_s()
+        else:
+            delay = min(max(self._delay_s(), 0.0), self._max_delay_s)
         wait = float(arrived) + delay - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
@@ -84,6 +93,13 @@ class VoiceTrack(MediaStreamTrack):
         frame.time_base = _TIME_BASE
         self._pts += samples.size
         return frame
+
+    def stats(self) -> dict[str, float]:
+        """The pump's counters, and the A/V figures when the track is synced."""
+        stats = self.pump.stats()
+        if self.sync is not None:
+            stats.update(self.sync.stats())
+        return stats
 
     def stop(self) -> None:
         super().stop()
