@@ -2,7 +2,8 @@
 
     python benchmarks/bench_gpu.py [--batches 1 2 4 8] [--iters 30] [--json OUT] [--no-served]
 
-Part 1, per model (InSwapper, SCRFD det_10g, ArcFace w600k_r50) and batch size:
+Part 1, per model (InSwapper, SCRFD det_10g, ArcFace w600k_r50, and the face enhancers
+GFPGAN 1.4, CodeFormer, GPEN-BFR 256/512) and batch size:
 latency (p50/p95 ms per call) and throughput (items/s) on ONNX Runtime CPU,
 ONNX Runtime CUDA and a TensorRT engine built with ``models compile``'s code,
 each where this machine has it (else the reason it is skipped). Real weights
@@ -55,11 +56,17 @@ from mirage.runtime.tensorrt import BatchProfile, compile_model, make_engine_key
 from mirage.runtime.tensorrt_model import TensorRTModel  # noqa: E402
 
 #: Per-sample input shapes of each model (manifest name), as Mirage feeds them.
+#: ``shared``: inputs that are one value per call, not per sample (CodeFormer's fidelity w, float64 [1]).
 MODELS: dict[str, dict[str, Any]] = {
     "inswapper_128": {"inputs": {"target": (3, 128, 128), "source": (512,)}},
     "scrfd_10g": {"inputs": {"input.1": (3, 640, 640)}},
     "arcface_w600k_r50": {"inputs": {"input.1": (3, 112, 112)}},
+    "gfpgan_1.4": {"inputs": {"input": (3, 512, 512)}},
+    "codeformer": {"inputs": {"input": (3, 512, 512)}, "shared": {"weight": np.array([0.75], np.float64)}},
+    "gpen_bfr_256": {"inputs": {"input": (3, 256, 256)}},
+    "gpen_bfr_512": {"inputs": {"input": (3, 512, 512)}},
 }
+ENHANCERS = ("gfpgan_1.4", "codeformer", "gpen_bfr_256", "gpen_bfr_512")
 
 
 def _cpu_count() -> int:
@@ -79,10 +86,12 @@ def _model_file(name: str, workdir: Path) -> tuple[Path, str]:
 
         return compile_source(name, path), "real"
     sys.path.insert(0, str(ROOT))
-    from tests.standins import build_arcface_standin, build_inswapper_standin, build_scrfd_standin
+    from tests.standins import build_arcface_standin, build_enhancer_standin, build_inswapper_standin, build_scrfd_standin
 
     target = workdir / f"{name}_standin.onnx"
-    if name == "inswapper_128":
+    if name in ENHANCERS:
+        build_enhancer_standin(target, name, dynamic=True)
+    elif name == "inswapper_128":
         build_inswapper_standin(target, dynamic=True)
     elif name == "scrfd_10g":
         build_scrfd_standin(target, dynamic=True)
@@ -91,8 +100,11 @@ def _model_file(name: str, workdir: Path) -> tuple[Path, str]:
     return target, "standin"
 
 
-def _feeds(inputs: dict[str, tuple[int, ...]], batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {name: rng.random((batch, *shape), dtype=np.float32) for name, shape in inputs.items()}
+def _feeds(
+    inputs: dict[str, tuple[int, ...]], batch: int, rng: np.random.Generator, shared: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    feeds = {name: rng.random((batch, *shape), dtype=np.float32) for name, shape in inputs.items()}
+    return {**feeds, **(shared or {})}
 
 
 def _time(
@@ -132,6 +144,7 @@ def _ort_runner(
 def bench_model(name: str, acc: Accelerators, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     path, weights = _model_file(name, workdir)
     inputs = MODELS[name]["inputs"]
+    shared = MODELS[name].get("shared")
     rng = np.random.default_rng(0)
     runtimes: dict[str, dict[str, Any]] = {}
 
@@ -147,7 +160,7 @@ def bench_model(name: str, acc: Accelerators, args: argparse.Namespace, workdir:
         runner, why = _ort_runner(path, CUDA, 1)
         runtimes["cuda"] = {"available": runner is not None, "reason": why or f"ONNX Runtime CUDA on {acc.gpu.name}", "runner": runner}
         if runner is not None:
-            runtimes["cuda"]["first_run_ms"] = _first_runs(path, inputs, max(args.batches), rng)
+            runtimes["cuda"]["first_run_ms"] = _first_runs(path, inputs, max(args.batches), rng, shared)
 
     if acc.gpu is None:
         runtimes["tensorrt"] = {"available": False, "reason": f"no CUDA GPU ({acc.gpu_reason})"}
@@ -178,12 +191,14 @@ def bench_model(name: str, acc: Accelerators, args: argparse.Namespace, workdir:
         if runner is None:
             continue
         runtime["batches"] = {
-            str(b): _time(runner, _feeds(inputs, b, rng), b, args.warmup, args.iters) for b in args.batches
+            str(b): _time(runner, _feeds(inputs, b, rng, shared), b, args.warmup, args.iters) for b in args.batches
         }
     return {"model": name, "weights": weights, "onnx": path.name, "runtimes": runtimes}
 
 
-def _first_runs(path: Path, inputs: dict[str, tuple[int, ...]], max_batch: int, rng: np.random.Generator) -> dict[str, list[float]]:
+def _first_runs(
+    path: Path, inputs: dict[str, tuple[int, ...]], max_batch: int, rng: np.random.Generator, shared: dict[str, np.ndarray] | None = None
+) -> dict[str, list[float]]:
     """ms of the first run of each batch size 1..max_batch, per cuDNN conv algorithm search, fresh session each."""
     figures: dict[str, list[float]] = {}
     for search in ("EXHAUSTIVE", "HEURISTIC"):
@@ -192,12 +207,61 @@ def _first_runs(path: Path, inputs: dict[str, tuple[int, ...]], max_batch: int, 
             continue
         firsts = []
         for batch in range(1, max_batch + 1):
-            feeds = _feeds(inputs, batch, rng)
+            feeds = _feeds(inputs, batch, rng, shared)
             started = time.perf_counter()
             runner(feeds)
             firsts.append(round((time.perf_counter() - started) * 1000.0, 1))
         figures[search] = firsts
     return figures
+
+
+# --------------------------------------------------------------------------- the whole enhance call
+
+
+def enhancer_bank(names: tuple[str, ...], workdir: Path, standin_size: int | None = None) -> tuple[Any, str]:
+    """An EnhancerBank of ``names`` from the provisioned weights when all are there, else stand-ins
+    (official signatures, named stand-ins; ``standin_size`` shrinks them); and ``"real"``/``"standin"``."""
+    from mirage.enhance import EnhancerBank, EnhancerConfig, available_enhancers
+    from mirage.weights.provision import ModelStore, ProvisionConfig
+
+    store = ModelStore(ProvisionConfig.from_env())
+    if all(n in available_enhancers(store) for n in names):
+        return EnhancerBank.load(EnhancerConfig(names=names), store=store), "real"
+    from tests.standins import write_enhancer_standins
+
+    folder = workdir / "enhancer-standins"
+    manifest = write_enhancer_standins(folder, names=names, dynamic=False, size=standin_size)
+    return EnhancerBank.load(EnhancerConfig(names=names, models_dir=str(folder), manifest=str(manifest))), "standin"
+
+
+def time_enhance_call(bank: Any, name: str, batch: int, crop: int = 128, warmup: int = 2, iters: int = 10) -> dict[str, float]:
+    """p50/p95 ms of one ``enhance`` call on ``batch`` crops of ``crop`` px (align, model, warp back), and ms per face.
+
+    What the pipeline's enhance stage pays per batch; for benchmarks/bench_pipeline.py too.
+    """
+    from mirage.enhance import EnhanceItem
+    from mirage.geometry.align import arcface_template
+
+    rng = np.random.default_rng(batch)
+    items = [EnhanceItem(rng.integers(0, 256, (crop, crop, 3), dtype=np.uint8), arcface_template(crop)) for _ in range(batch)]
+    enhancer = bank.enhancers[name]
+    figures = _time(lambda _feeds: enhancer.enhance(items), {}, batch, warmup, iters)
+    figures["ms_per_face"] = round(1000.0 / figures["items_per_s"], 3) if figures["items_per_s"] else float("nan")
+    return figures
+
+
+def bench_enhance_calls(names: tuple[str, ...], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The whole enhance() call per enhancer and batch, on the runtime serving would pick here."""
+    bank, weights = enhancer_bank(names, workdir)
+    rows: dict[str, Any] = {}
+    for name in names:
+        info = bank.enhancers[name].info
+        rows[name] = {
+            "weights": weights,
+            "runtime": info.runtime,
+            "batches": {str(b): time_enhance_call(bank, name, b, iters=args.iters) for b in args.batches},
+        }
+    return rows
 
 
 # --------------------------------------------------------------------------- served run
@@ -282,7 +346,7 @@ def served_run(acc: Accelerators, args: argparse.Namespace, workdir: Path) -> di
 
 
 def _print_table(results: list[dict[str, Any]]) -> None:
-    print(f"{'model':<19}{'weights':<9}{'runtime':<10}{'batch':>6}{'p50 ms':>10}{'p95 ms':>10}{'items/s':>11}")
+    print(f"{'model':<19}{'weights':<9}{'runtime':<10}{'batch':>6}{'p50 ms':>10}{'p95 ms':>10}{'items/s':>11}{'ms/item':>9}")
     for result in results:
         for runtime, data in result["runtimes"].items():
             if not data["available"]:
@@ -292,6 +356,7 @@ def _print_table(results: list[dict[str, Any]]) -> None:
                 print(
                     f"{result['model']:<19}{result['weights']:<9}{runtime:<10}{batch:>6}"
                     f"{figures['p50_ms']:>10.2f}{figures['p95_ms']:>10.2f}{figures['items_per_s']:>11.1f}"
+                    f"{1000.0 / figures['items_per_s'] if figures['items_per_s'] else float('nan'):>9.2f}"
                 )
     for result in results:
         cuda = result["runtimes"].get("cuda", {})
@@ -338,6 +403,14 @@ def main() -> int:
         workdir = Path(tmp)
         results = [bench_model(name, acc, args, workdir) for name in args.models]
         _print_table(results)
+        enhancers = tuple(n for n in args.models if n in ENHANCERS)
+        calls = bench_enhance_calls(enhancers, args, workdir) if enhancers else {}
+        for name, row in calls.items():
+            for batch, figures in row["batches"].items():
+                print(
+                    f"enhance() {name:<13}{row['weights']:<9}{row['runtime']:<6} batch {batch:>2} (128 px crops): "
+                    f"p50 {figures['p50_ms']:.1f} ms, {figures['ms_per_face']:.2f} ms/face"
+                )
         served = served_run(acc, args, workdir)
     if served["ran"]:
         print(
@@ -348,7 +421,8 @@ def main() -> int:
         print(f"served multi-session run: {served['reason']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"environment": environment, "models": results, "served": served}, indent=2, default=str))
+        report = {"environment": environment, "models": results, "enhance_calls": calls, "served": served}
+        args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0
 
 

@@ -150,26 +150,30 @@ class OnnxFaceEnhancer:
 
     def to_tensor(self, faces: Sequence[Image]) -> npt.NDArray[Any]:
         """(N, 3, S, S) model input from aligned BGR faces: colour order and value range of the export."""
-        batch = np.stack([np.asarray(f) for f in faces]).astype(np.float32)
-        if self.io.colour == "rgb":
-            batch = batch[..., ::-1]
         if self.io.normalisation == "minus_one_to_one":
-            batch = batch / 127.5 - 1.0
+            scale, mean = 1.0 / 127.5, 127.5
         else:
-            batch = batch / 255.0
-        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=self._image.dtype)
+            scale, mean = 1.0 / 255.0, 0.0
+        # One C++ pass per face: (x - mean) * scale, BGR -> RGB, HWC -> NCHW float32.
+        blob = cv2.dnn.blobFromImages(
+            [np.asarray(f) for f in faces], scalefactor=scale, mean=(mean, mean, mean), swapRB=self.io.colour == "rgb", crop=False
+        )
+        return np.ascontiguousarray(blob, dtype=self._image.dtype)
 
     def from_tensor(self, out: npt.NDArray[Any]) -> list[Image]:
-        """Model output (N, 3, S, S) back to uint8 BGR faces."""
+        """Model output (N, 3, S, S) back to uint8 BGR faces (clipped to the export's range, rounded)."""
         arr = np.asarray(out, np.float32)
         if self.io.normalisation == "minus_one_to_one":
-            arr = (np.clip(arr, -1.0, 1.0) + 1.0) * 127.5
+            low, alpha, beta = -1.0, 127.5, 127.5
         else:
-            arr = np.clip(arr, 0.0, 1.0) * 255.0
-        faces = np.clip(np.rint(arr.transpose(0, 2, 3, 1)), 0, 255).astype(np.uint8)
-        if self.io.colour == "rgb":
-            faces = faces[..., ::-1]
-        return [np.ascontiguousarray(f) for f in faces]
+            low, alpha, beta = 0.0, 255.0, 0.0
+        order = (2, 1, 0) if self.io.colour == "rgb" else (0, 1, 2)
+        faces: list[Image] = []
+        for chw in arr:
+            hwc = cv2.merge([np.ascontiguousarray(chw[c]) for c in order])
+            np.maximum(hwc, low, out=hwc)  # the upper end saturates in the conversion below
+            faces.append(np.asarray(cv2.convertScaleAbs(hwc, alpha=alpha, beta=beta), np.uint8))
+        return faces
 
     def run(self, tensor: npt.NDArray[Any], fidelity: float) -> npt.NDArray[Any]:
         """One model call on a batch (a loop of batch-1 calls when the export is batch 1)."""

@@ -377,3 +377,16 @@ def test_engine_accuracy_check_has_real_face_inputs_for_the_enhancers(tmp_path: 
     assert "real aligned faces" in samples
     report = check_against_onnxruntime("codeformer", path, lambda f: dict(zip(model.output_names, model.run(f))), model.inputs)
     assert report.worst.max_abs == 0.0
+
+
+def test_outputs_beyond_the_range_are_clipped(bank: EnhancerBank) -> None:
+    enhancer = bank.get("gfpgan_1.4")
+    assert isinstance(enhancer, OnnxFaceEnhancer)
+    out = np.zeros((2, 3, 4, 4), np.float32)
+    out[0, 0] = 3.0  # red far above 1
+    out[0, 2] = -5.0  # blue far below -1
+    out[1] = 0.5
+    first, second = enhancer.from_tensor(out)
+    assert first.dtype == np.uint8 and first.shape == (4, 4, 3)
+    assert (first[..., 2] == 255).all() and (first[..., 0] == 0).all() and (first[..., 1] == 128).all()
+    assert (second == 191).all()  # (0.5 + 1) * 127.5 = 191.25
