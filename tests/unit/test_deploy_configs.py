@@ -114,7 +114,7 @@ def test_batching_in_user_config_fits_replicas_and_engines(built: dict[str, Any]
     from mirage.runtime.select import DEFAULT_MAX_BATCH
 
     overridden = {d["name"] for d in app_config["deployments"]}
-    assert overridden == {"FaceDetector", "FaceSwapper"}
+    assert overridden == {"FaceDetector", "FaceSwapper", "FaceEnhancer"}
     for name in overridden:
         batching = BatchingConfig.model_validate(built[name]["user_config"])
         # Room for a full batch, else batches never fill.
@@ -122,6 +122,8 @@ def test_batching_in_user_config_fits_replicas_and_engines(built: dict[str, Any]
         assert built[name]["autoscaling"].target_ongoing_requests <= built[name]["max_ongoing_requests"]
     # TensorRT engines are compiled for batches 1..DEFAULT_MAX_BATCH: the served batch must fit.
     assert BatchingConfig.model_validate(built["FaceSwapper"]["user_config"]).max_batch_size <= DEFAULT_MAX_BATCH
+    assert BatchingConfig.model_validate(built["FaceEnhancer"]["user_config"]).max_batch_size <= DEFAULT_MAX_BATCH
+    assert built["FaceEnhancer"]["ray_actor_options"]["num_gpus"] == 0.25
 
 
 def test_ingress_autoscales_on_sessions_below_its_cap(app_config: dict[str, Any], built: dict[str, Any]) -> None:
