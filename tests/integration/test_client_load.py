@@ -75,7 +75,9 @@ def test_load_exits_non_zero_on_a_wrong_key(served: ServedApp, tmp_path: Path, c
 def test_load_reports_sessions_beyond_capacity(served: ServedApp, tmp_path: Path) -> None:
     _wait_empty(served)
     count = served.capacity + 1
-    assert run_load(_args(served, tmp_path, "--api-key", served.api_key, "--sessions", str(count), "--size", "320x240")) == 1
+    # --retry-for 0: no retries (by default a refused session retries and is admitted once a slot frees).
+    assert run_load(_args(served, tmp_path, "--api-key", served.api_key, "--sessions", str(count), "--size", "320x240",
+                          "--retry-for", "0")) == 1
     records = json.loads((tmp_path / "load.json").read_text())["sessions"]
     refused = [r for r in records if not r["connected"]]
     assert len(refused) == 1, records
