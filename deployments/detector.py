@@ -27,6 +27,7 @@ from ray import serve
 
 from deployments.logs import enable_info_logs
 from deployments.metrics import BatchMetrics
+from deployments.serve_types import batch_controls
 from mirage.detect.blazeface import BlazeFaceConfig, BlazeFaceDetector, DetectorInput
 from mirage.landmarks.facemesh import MESH_INPUT_SIZE, FaceMeshLandmarker, MeshInput
 from mirage.types import Detection, FaceLandmarks
@@ -110,8 +111,9 @@ class FaceDetector:
         """Apply ``user_config`` (``max_batch_size``, ``batch_wait_timeout_s``) to both batched methods."""
         cfg = BatchingConfig.model_validate(user_config or {})
         for method in (self.detect, self.landmarks):
-            method.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
-            method.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
+            controls = batch_controls(method)
+            controls.set_max_batch_size(cfg.max_batch_size)
+            controls.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self._batching = cfg
         logger.info("FaceDetector batching: %s", cfg.describe())
 
@@ -137,7 +139,7 @@ class FaceDetector:
     async def check_health(self) -> None:
         """Unhealthy when a batching loop died or the models stopped answering."""
         for method in (self.detect, self.landmarks):
-            if not await method._is_batching_task_alive():  # type: ignore[attr-defined]
+            if not await batch_controls(method)._is_batching_task_alive():
                 raise RuntimeError(f"the {method.__name__} batching loop is not running")
         size = self._detector.input_size
         probe = DetectorInput(tensor=np.zeros((size, size, 3), np.uint8), scale=1.0, pad_x=0.0, pad_y=0.0)

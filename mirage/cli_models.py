@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from mirage.errors import MirageError, ModelUnavailableError
 from mirage.weights.embedded import embedded_model_path
@@ -24,7 +24,7 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
-def add_models_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_models_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``models`` (with ``fetch``, ``verify``, ``status``) to a CLI's subcommands."""
     models = subparsers.add_parser(
         "models",
@@ -97,7 +97,7 @@ def _status(store: ModelStore, args: argparse.Namespace, out: TextIO) -> int:
     else:
         rows = store.status()
     if args.json:
-        payload = {"models": [r.to_dict() for r in rows]}
+        payload: dict[str, Any] = {"models": [r.to_dict() for r in rows]}
         if not args.embedded_only:
             payload["sentinel"] = store.sentinel_state()
             payload["storage"] = store.storage_state()

@@ -23,7 +23,7 @@ from mirage.voice.config import DEFAULT_PRESET, DEFAULT_SAMPLE_RATE, PRESETS, Vo
 from mirage.voice.convert import VoiceChunk, VoiceConverterCore, VoiceCoreConfig
 
 
-def add_voice_parser(sub: argparse._SubParsersAction) -> None:
+def add_voice_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("voice", help="disguise or convert the voice in a WAV file")
     p.add_argument("--input", required=True, type=Path, help="speech as a WAV file (PCM or float, any rate)")
     p.add_argument("--output", required=True, type=Path, help="where to write the result (.wav, 16-bit)")

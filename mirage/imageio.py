@@ -133,12 +133,12 @@ def to_bgr(image: np.ndarray) -> Image:
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), np.uint8)
     if image.shape[2] == 4:
         # Composite transparent areas on white rather than trusting hidden colour.
         return composite_on_white(image)
     if image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), np.uint8)
     return np.ascontiguousarray(image[:, :, :3])
 
 
@@ -207,7 +207,7 @@ def decode_image(
     if decoded is None or decoded.size == 0:
         raise InvalidImageError(f"The {header.format.upper()} image could not be decoded (corrupt or truncated).")
     if decoded.dtype != np.uint8:
-        decoded = (decoded >> 8).astype(np.uint8)  # 16-bit WebP/other: 8-bit before any copy
+        decoded = (np.asarray(decoded, np.uint16) >> 8).astype(np.uint8)  # 16-bit WebP/other: 8-bit before any copy
     decoded = _fit(decoded, max_decode_side)  # downscale first: compositing then works on the small copy
     return to_bgr(decoded)
 

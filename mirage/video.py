@@ -73,7 +73,11 @@ class AtomicVideoWriter:
         self._container = av.open(str(self._tmp), mode="w", format=fmt)
         codec_name = codec or {".webm": "libvpx", ".y4m": "rawvideo", ".avi": "mpeg4"}.get(suffix, "libx264")
         rate = fps.limit_denominator(1000) if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1000)
-        self._stream = self._container.add_stream(codec_name, rate=rate)
+        stream = self._container.add_stream(codec_name, rate=rate)
+        if not isinstance(stream, av.VideoStream):
+            self._container.close()
+            raise InvalidImageError(f"{codec_name} is not a video codec.")
+        self._stream = stream
         self._stream.width = width - width % 2
         self._stream.height = height - height % 2
         self._stream.pix_fmt = "yuv420p"
@@ -134,11 +138,11 @@ def bgr_to_video_frame(image: Image) -> av.VideoFrame:
     h, w = image.shape[:2]
     if h % 2 or w % 2:
         return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
-    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+    return av.VideoFrame.from_ndarray(np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), np.uint8), format="yuv420p")
 
 
 def video_frame_to_bgr(frame: av.VideoFrame) -> Image:
     """BGR pixels of a decoded frame; yuv420p is converted by OpenCV (see bgr_to_video_frame)."""
     if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+        return np.asarray(cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420), np.uint8)
     return np.ascontiguousarray(frame.to_ndarray(format="bgr24"))

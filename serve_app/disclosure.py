@@ -54,7 +54,7 @@ def swapper_licences(swapper: str) -> list[dict[str, Any]]:
 
 def is_commercial(swapper: str) -> bool:
     """True when every model the swapper needs may be used commercially (an unknown one: False)."""
-    rows = _licences().get(swapper)
+    rows = _licences().get(swapper) or []
     return bool(rows) and all(row["commercial_use"] for row in rows)
 
 

@@ -103,6 +103,8 @@ class DrainWatcher:
         from ray.serve.context import _get_global_client
 
         client = _get_global_client()
+        if client is None:
+            raise RuntimeError("Serve is not running in this process")
         return await client._controller.get_serve_instance_details.remote()  # type: ignore[no-any-return]
 
     async def _run(self) -> None:

@@ -50,6 +50,8 @@ class LatestFramePump:
         try:
             while True:
                 frame = await self._track.recv()
+                if not isinstance(frame, VideoFrame):  # a video track yields decoded video frames only
+                    continue
                 now = time.monotonic()
                 self.received += 1
                 self.last_frame_at = now
@@ -160,6 +162,8 @@ class DelayedAudioTrack(MediaStreamTrack):
         try:
             while True:
                 frame = await self._source.recv()
+                if not isinstance(frame, AudioFrame):  # an audio track yields decoded audio frames only
+                    continue
                 self._buffer.append((time.monotonic(), frame))
                 self._ready.set()
         except MediaStreamError:

@@ -87,7 +87,7 @@ def fit_frame(image: Image, size: tuple[int, int]) -> Image:
             y0 = (h - new_h) // 2
             image = image[y0 : y0 + new_h]
     interp = cv2.INTER_AREA if image.shape[1] > width else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interp)
+    return np.asarray(cv2.resize(image, (width, height), interpolation=interp), np.uint8)
 
 
 class Capture:
@@ -177,7 +177,7 @@ class Capture:
                     time.sleep(0.03)
                     continue
                 failures = 0
-                self._publish(image)
+                self._publish(np.asarray(image, np.uint8))
 
         return run
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fractions
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import av
 
@@ -86,7 +87,7 @@ def encode_clip(source: VideoSource, period: int = DEFAULT_PERIOD, bitrate: int 
         "static-thresh": "1",
         "undershoot-pct": "100",
     }
-    packets: list[av.Packet] = []
+    packets: list[av.Packet[Any]] = []
     for number, image in enumerate(islice(source.frames(), period)):
         frame = bgr_to_video_frame(stamp(image, number)).reformat(format="yuv420p")
         frame.pts = number

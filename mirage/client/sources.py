@@ -112,7 +112,7 @@ class FileSource:
                 for frame in container.decode(video=0):
                     image = video_frame_to_bgr(frame)
                     if (image.shape[1], image.shape[0]) != self._size:
-                        image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+                        image = np.asarray(cv2.resize(image, self._size, interpolation=cv2.INTER_AREA), np.uint8)
                     produced += 1
                     yield image
             if produced == 0:
@@ -128,11 +128,12 @@ class ImageSequenceSource(ArraySource):
             raise FileNotFoundError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) found in {paths}")
         images: list[Image] = []
         for file in files:
-            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-            if image is None:
+            read = cv2.imread(str(file), cv2.IMREAD_COLOR)
+            if read is None:
                 raise InvalidImageError(f"{Path(file).name} is not a readable image.")
+            image = np.asarray(read, np.uint8)
             if images and image.shape != images[0].shape:
-                image = cv2.resize(image, (images[0].shape[1], images[0].shape[0]), interpolation=cv2.INTER_AREA)
+                image = np.asarray(cv2.resize(image, (images[0].shape[1], images[0].shape[0]), interpolation=cv2.INTER_AREA), np.uint8)
             images.append(image)
         super().__init__(images, fps)
 
@@ -231,13 +232,14 @@ class SyntheticFaceSource:
         return matrix
 
     def frame(self, index: int) -> Image:
-        return cv2.warpAffine(
+        warped = cv2.warpAffine(
             self._image,
             self.matrix(index),
             self._size,
             flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REFLECT101,
         )
+        return np.asarray(warped, np.uint8)
 
     def frames(self) -> Iterator[Image]:
         count = len(self)
@@ -271,5 +273,5 @@ def astronaut_source(width: int = 640, height: int = 480, fps: float = 30.0) -> 
     """The default clip: scikit-image's astronaut with scripted head motion."""
     from skimage import data
 
-    image = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    image = np.asarray(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), np.uint8)  # type: ignore[no-untyped-call]
     return synthetic_moving_face(image, width, height, fps, focus=ASTRONAUT_FOCUS, zoom=ASTRONAUT_ZOOM)

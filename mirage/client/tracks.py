@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import av
 import numpy as np
@@ -129,7 +130,7 @@ class PreEncodedVideoTrack(MediaStreamTrack):
         self._number = 0
         self._pacer = _Pacer(self.fps)
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         await self._pacer.wait(self._number)

@@ -26,7 +26,8 @@ def l2_normalize(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Row-wise unit vectors (zero rows stay zero)."""
     v = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    return (v / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit: npt.NDArray[np.float32] = (v / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
 
 
 class ArcFaceEmbedder:

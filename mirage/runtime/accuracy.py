@@ -138,7 +138,7 @@ def packaged_face_images() -> list[tuple[str, np.ndarray]]:
     try:
         from skimage import data
 
-        images.append(("astronaut", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)))
+        images.append(("astronaut", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)))  # type: ignore[no-untyped-call]
     except Exception:  # noqa: BLE001 - scikit-image missing or its data not installed
         pass
     spec = importlib.util.find_spec("insightface")
@@ -175,7 +175,8 @@ def aligned_faces(size: int, max_faces: int = 8) -> tuple[list[np.ndarray], list
 def _unit_latents(count: int, size: int, seed: int = 0) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
     latents = rng.standard_normal((count, size)).astype(np.float32)
-    return latents / np.linalg.norm(latents, axis=1, keepdims=True)
+    unit: npt.NDArray[np.float32] = latents / np.linalg.norm(latents, axis=1, keepdims=True)
+    return unit
 
 
 def reference_feeds(

@@ -109,7 +109,7 @@ def required_cuda() -> tuple[int, int, str] | None:
     try:
         from onnxruntime.capi import build_and_package_info as info
     except ImportError:
-        info = None  # type: ignore[assignment]
+        info = None
     text = str(getattr(info, "cuda_version", "") or "") if info is not None else ""
     if text:
         parts = text.split(".")

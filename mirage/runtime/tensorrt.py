@@ -477,7 +477,7 @@ def tensorrt_version() -> tuple[str | None, str]:
     """``(version, "")`` when the ``tensorrt`` package imports, else ``(None, why not)``."""
     _preload()
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
+        import tensorrt as trt
     except ImportError:
         return None, "the tensorrt package is not installed (it ships in the GPU image: requirements-gpu.txt)"
     except OSError as exc:  # the bindings found but its shared libraries did not load
@@ -489,7 +489,7 @@ def import_tensorrt() -> Any:
     """The ``tensorrt`` module, or ModelUnavailableError saying why it cannot be imported."""
     _preload()
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
+        import tensorrt as trt
     except (ImportError, OSError) as exc:
         raise ModelUnavailableError(f"TensorRT is not available in this process ({exc}).") from exc
     return trt
@@ -498,7 +498,7 @@ def import_tensorrt() -> Any:
 def tensorrt_logger(trt: Any) -> Any:
     """A TensorRT logger that speaks through Python logging."""
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _Logger(trt.ILogger):  # type: ignore[misc]  # subclasses TensorRT's (untyped) logger
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 

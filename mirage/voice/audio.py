@@ -89,7 +89,8 @@ def to_float_mono(samples: np.ndarray) -> np.ndarray:
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:
     """float32 in [-1, 1] as int16 (clipped)."""
-    return np.clip(np.rint(np.asarray(samples, np.float32) * 32767.0), -32768, 32767).astype(np.int16)
+    pcm: np.ndarray = np.clip(np.rint(np.asarray(samples, np.float32) * 32767.0), -32768, 32767).astype(np.int16)
+    return pcm
 
 
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
@@ -121,7 +122,7 @@ def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     ratio = Fraction(dst_rate, src_rate)
-    return resample_poly(np.asarray(samples, np.float64), ratio.numerator, ratio.denominator).astype(np.float32)
+    return np.asarray(resample_poly(np.asarray(samples, np.float64), ratio.numerator, ratio.denominator), np.float32)
 
 
 def frame_to_mono(pcm: np.ndarray, channels: int) -> np.ndarray:

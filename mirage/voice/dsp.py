@@ -326,7 +326,8 @@ def _interp_rows(values: np.ndarray, tables: list[_Table]) -> np.ndarray:
     frac = np.stack([t[2] for t in tables])[:, None, :]
     a = np.take_along_axis(values, lo, axis=-1)
     b = np.take_along_axis(values, hi, axis=-1)
-    return a + (b - a) * frac
+    mixed: np.ndarray = a + (b - a) * frac
+    return mixed
 
 
 def convert_whole(samples: np.ndarray, params: VoiceParams, config: DspConfig | None = None) -> np.ndarray:

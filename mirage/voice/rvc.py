@@ -144,7 +144,8 @@ def coarse_pitch(f0_hz: np.ndarray) -> np.ndarray:
     mel = 1127.0 * np.log(1.0 + np.maximum(f0_hz, 0.0) / 700.0)
     voiced = mel > 0
     mel[voiced] = (mel[voiced] - _MEL_MIN) * 254.0 / (_MEL_MAX - _MEL_MIN) + 1.0
-    return np.clip(np.rint(mel), 1, 255).astype(np.int64)
+    coarse: np.ndarray = np.clip(np.rint(mel), 1, 255).astype(np.int64)
+    return coarse
 
 
 class _Generator:
@@ -193,7 +194,7 @@ class _Generator:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         typed = {self.feed_names[k]: np.asarray(v, dtype=self.dtypes[k]) for k, v in feeds.items()}
-        return self.model.run(typed)[0]
+        return np.asarray(self.model.run(typed)[0])
 
 
 class RvcConverter:

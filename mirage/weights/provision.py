@@ -581,7 +581,7 @@ class ModelStore:
         return digest.hexdigest(), received
 
     @staticmethod
-    def _copy(response: BinaryIO, fh: BinaryIO, digest: Any, bar: tqdm) -> int:
+    def _copy(response: BinaryIO, fh: BinaryIO, digest: Any, bar: tqdm[Any]) -> int:
         received = 0
         while True:
             block = response.read(CHUNK)
