@@ -20,6 +20,14 @@ fi
 
 scripts/setup.sh
 
+# Test-only dependencies (requirements-test.txt), skipped unless that list changed, like setup.sh.
+stamp=.venv/.mirage-test-deps
+want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q -r requirements-test.txt
+  echo "$want" > "$stamp"
+fi
+
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
