@@ -14,7 +14,12 @@ Prints and (``--json``) writes:
 - ``quality``: Praat's median-F0 shift for +4 st and F1/F2 ratios for a 1.15 formant shift;
 - with ``--served`` (starts Ray: run it under the heavy-job lock): the VoiceConverter deployment alone,
   1 and 3 sessions paced at real time (each call carries the frames that arrived meanwhile), each 20 ms
-  frame's delay from arrival to converted (p50/p95), call round trips, and the batch sizes formed.
+  frame's delay from arrival to converted (p50/p95), call round trips, and the batch sizes formed;
+- with ``--session`` (starts Ray and the whole app with serve_config.yaml's arguments: heavy-job lock):
+  one ``mirage load`` session of the 640x480 clip per configuration (video only; video + audio with the
+  voice off; video + audio with the disguise), A/V marks in the audio: the video's fps and
+  glass-to-glass p50/p95, the audio's glass-to-glass p50/p95 and the A/V offset at the marks, and the
+  CPU of the ingress and VoiceConverter processes per second of session.
 """
 
 from __future__ import annotations
@@ -267,12 +272,101 @@ def served(x: np.ndarray, seconds: float) -> dict[str, Any]:
     return out
 
 
+def _ray_cpu_by_role() -> dict[str, float]:
+    """CPU seconds of this machine's Ray processes, by replica kind (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    roles = ("MirageIngress", "VoiceConverter", "FaceDetector", "FaceSwapper")
+    out = dict.fromkeys((*roles, "other"), 0.0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"ray" not in cmdline or b"bench_voice" in cmdline:
+                continue
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            role = next((r for r in roles if r.encode() in cmdline), "other")
+            out[role] += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def served_session(seconds: float) -> dict[str, Any]:
+    """The whole app served; one load session per configuration (video only / voice off / disguise)."""
+    import urllib.request
+
+    import ray
+    import yaml
+    from ray import serve
+
+    from mirage.client.load import LoadPlan, run_plan
+    from mirage.client.session import SessionOptions
+    from mirage.client.sources import astronaut_source
+    from serve_app.app import AppArgs, build_app
+    from tests.faces import tom_hanks_path
+    from tests.integration.served import free_port
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(REPO), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]))
+    os.environ.setdefault("MIRAGE_ICE_HOST_ADDRESSES", "127.0.0.1")
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []  # loopback only
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    out: dict[str, Any] = {}
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(AppArgs(**config["applications"][0]["args"])), name="mirage", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as response:  # noqa: S310 - loopback
+                    if json.loads(response.read()).get("status") == "ok":
+                        break
+            except OSError:
+                pass
+            time.sleep(1)
+        source = astronaut_source(640, 480, 30.0)
+        runs = {"video_only": (False, None), "voice_off": (True, {"voice": "off"}), "disguise": (True, {"voice": "disguise"})}
+        for name, (audio, voice) in runs.items():
+            plan = LoadPlan(url=url, reference=tom_hanks_path().read_bytes(), source=source, sessions=1, seconds=seconds,
+                            warmup=4.0, options=SessionOptions(), audio=audio, voice_options=voice, av_marks=audio)
+            before = _ray_cpu_by_role()
+            t0 = time.monotonic()
+            report = asyncio.run(run_plan(plan))
+            wall = time.monotonic() - t0
+            after = _ray_cpu_by_role()
+            (record,) = report["sessions"]
+            out[name] = {
+                "fps": record["fps"], "video_g2g_p50_ms": record["g2g_p50_ms"], "video_g2g_p95_ms": record["g2g_p95_ms"],
+                "dropped": record["dropped"], "error": record["error"],
+                "audio_g2g_ms": record.get("audio_g2g_ms"), "av_offset_ms": record.get("av_offset_ms"),
+                "audio_chunks": record.get("audio_chunks"),
+                "cpu_pct_of_one_core": {k: round(100.0 * (after[k] - before[k]) / wall, 1) for k in after},
+            }
+            print(name, out[name], flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="speech per measurement")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--served", action="store_true", help="also measure the deployment on a real local Ray (heavy)")
+    parser.add_argument("--session", action="store_true",
+                        help="only: the whole app served, one load session per configuration (heavy)")
     args = parser.parse_args()
+    if args.session:
+        result = {"session": served_session(args.seconds), "cpus": os.cpu_count()}
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
     x = speech(max(args.seconds, 5.0))
     calls = int(args.seconds * RATE / CHUNK)
     report: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "chunk_ms": 20}

@@ -32,18 +32,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from mirage.cam.audio import MicrophoneInput
+from mirage.cam.audio import FileMicrophone, MicrophoneInput
 from mirage.cam.capture import Capture
 from mirage.cam.errors import CamError
 from mirage.cam.fallback import FallbackRenderer
 from mirage.cam.meter import RateMeter
-from mirage.cam.sinks import AudioSink, VideoSink
+from mirage.cam.sinks import AudioSink, VideoSink, WavAudioSink
 from mirage.cam.status import StatusLine
 from mirage.client.retry import RetryPolicy, reconnect_delay, retry_hint
 from mirage.client.session import (
@@ -90,6 +91,8 @@ class CamSettings:
     options: SessionOptions = SessionOptions()
     #: Stop after this many seconds (tests, demos); None = until Ctrl-C.
     seconds: float | None = None
+    #: ``set_options`` voice fields sent once each session is up (None: the server's default voice).
+    voice_options: dict[str, Any] | None = None
     #: A swapped frame older than this is replaced by the fallback picture.
     stale_after_s: float = 1.0
     #: After connecting, reconnect if no video came back within this long ...
@@ -138,7 +141,7 @@ class DesktopSession(MirageSession):
         on_frame: Callable[[ReceivedFrame], None] | None = None,
         *,
         on_audio: Callable[[av.AudioFrame], None] | None = None,
-        microphone: MicrophoneInput | None = None,
+        microphone: MicrophoneInput | FileMicrophone | None = None,
     ) -> None:
         super().__init__(config, on_frame)
         self.on_audio = on_audio
@@ -196,8 +199,8 @@ class CamApp:
         sink: VideoSink,
         fallback: FallbackRenderer,
         *,
-        audio_sink: AudioSink | None = None,
-        microphone: MicrophoneInput | None = None,
+        audio_sink: AudioSink | WavAudioSink | None = None,
+        microphone: MicrophoneInput | FileMicrophone | None = None,
         status: StatusLine | None = None,
     ) -> None:
         self.settings = settings
@@ -339,6 +342,7 @@ class CamApp:
             self._latest_at = None
             note = f" ({session.note})" if session.note else ""
             self.status.notice(f"Connected to {self.settings.url} (session {session.session_id}){note}.")
+            await self._ask_for_voice(session)
             reason = await self._supervise(session, backoff)
             self.session = None
             self.state = RECONNECTING
@@ -354,6 +358,18 @@ class CamApp:
             delay = backoff.next()
             self.status.notice(f"Lost the session: {reason}; reconnecting in {delay:.0f} s{self._meanwhile()}.")
             await asyncio.sleep(delay)
+
+    async def _ask_for_voice(self, session: DesktopSession) -> None:
+        """The voice the user chose (``--voice/--pitch/--formant``), asked for on every (re)connect."""
+        if not self.settings.voice_options:
+            return
+        try:
+            reply = await session.set_options(**self.settings.voice_options)
+        except SessionFailed as exc:
+            self.status.notice(f"The voice could not be set ({str(exc).rstrip('.')}); the server's default voice is used.")
+            return
+        if reply.get("type") != "ack":
+            raise CamError(f"The server refused the voice: {reply.get('message', 'no reason given')}")
 
     def _meanwhile(self) -> str:
         return " (face blurred meanwhile)" if self.fallback.config.policy == "blur" else ""

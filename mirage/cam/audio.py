@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import av
@@ -231,3 +232,49 @@ class MicrophoneTrack(MediaStreamTrack):
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self._sent += FRAME_SAMPLES
         return frame
+
+
+class _LoopedFifo(AudioFifo):
+    """An endless FIFO that plays a fixed clip over and over (a file as the microphone)."""
+
+    def __init__(self, pcm: npt.NDArray[np.int16]) -> None:
+        super().__init__(1, pcm.size)
+        self._pcm = pcm.reshape(-1)
+        self._at = 0
+
+    def pop(self, count: int) -> npt.NDArray[np.int16]:
+        index = (self._at + np.arange(count)) % self._pcm.size
+        self._at = int((self._at + count) % self._pcm.size)
+        return self._pcm[index].reshape(-1, 1)
+
+
+class FileMicrophone:
+    """A WAV file, looped, sent as the microphone (``--audio-in file:IN.wav``: demos, tests, no sound card)."""
+
+    def __init__(self, path: str) -> None:
+        from mirage.voice.audio import read_wav, resample
+        from mirage.voice.config import VoiceError
+
+        try:
+            samples, rate = read_wav(Path(path))
+        except VoiceError as exc:
+            raise CamError(str(exc)) from None
+        mono = np.clip(resample(samples, rate, SAMPLE_RATE), -1.0, 1.0)
+        if mono.size < FRAME_SAMPLES:
+            raise CamError(f"The audio file {path} is shorter than one 20 ms frame.")
+        self._pcm = (mono * 32767.0).astype(np.int16)
+        self.name = Path(path).name
+        self.origin = time.monotonic()
+
+    def track(self) -> MicrophoneTrack:
+        return MicrophoneTrack(_LoopedFifo(self._pcm), origin=self.origin)
+
+    def close(self) -> None:
+        pass
+
+
+def open_microphone(spec: str | None) -> MicrophoneInput | FileMicrophone:
+    """``file:IN.wav`` (a looped file), else an input device (index or name; None: the default)."""
+    if spec is not None and spec.startswith("file:"):
+        return FileMicrophone(spec[5:])
+    return MicrophoneInput(spec)

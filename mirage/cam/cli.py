@@ -51,14 +51,22 @@ def add_cam_arguments(p: argparse.ArgumentParser) -> None:
         help="virtual (virtual camera; virtual:/dev/video10 picks one), window (preview), or file:OUT.mp4 (default virtual)",
     )
     p.add_argument(
-        "--audio-out", default=None, metavar="DEVICE", help="play the returned audio on this output device (index or name; 'default')"
+        "--audio-out",
+        default=None,
+        metavar="DEVICE",
+        help="play the returned (converted) voice on this output device, index or name ('default'); a virtual "
+        "cable or null sink there is the call's microphone; file:OUT.wav writes it to a file instead",
     )
     p.add_argument(
         "--audio-in",
         default=None,
         metavar="DEVICE",
-        help="microphone to send (index or name; default: the default input when --audio-out is given)",
+        help="microphone to send (index or name; default: the default input when --audio-out is given); "
+        "file:IN.wav sends that file, looped",
     )
+    p.add_argument("--voice", default=None, help="voice to ask for: off, a preset (deep, low, disguise, high, bright), custom or rvc:NAME")
+    p.add_argument("--pitch", type=float, default=None, help="pitch shift in semitones (alone: the DSP disguise with exactly this)")
+    p.add_argument("--formant", type=float, default=None, help="formant factor 0.7-1.4 (alone: the DSP disguise with exactly this)")
     p.add_argument(
         "--fallback",
         choices=["blur", "passthrough"],
@@ -87,6 +95,9 @@ def _check_numbers(args: argparse.Namespace) -> str | None:
         return "--seconds must be positive."
     if args.max_faces < 1:
         return "--max-faces must be at least 1."
+    if (args.voice is not None or args.pitch is not None or args.formant is not None) and args.audio_out is None \
+            and args.audio_in is None:
+        return "--voice, --pitch and --formant need audio: give --audio-out (and --audio-in for another microphone)."
     return None
 
 
@@ -137,13 +148,15 @@ def run_cam(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from mirage.cam.app import CamApp, CamSettings
-    from mirage.cam.audio import MicrophoneInput
+    from mirage.cam.audio import open_microphone
     from mirage.cam.capture import Capture, CaptureConfig
     from mirage.cam.fallback import FallbackConfig, FallbackRenderer
-    from mirage.cam.sinks import AudioSink, SinkSpec, open_sink
+    from mirage.cam.sinks import SinkSpec, open_audio_sink, open_sink
     from mirage.cam.status import StatusLine
+    from mirage.client.load import voice_plan
     from mirage.client.session import SessionOptions
 
+    voice_options = voice_plan(args.voice, args.pitch, args.formant)  # VoiceError: one sentence
     reference = load_reference(args.reference)
     spec = SinkSpec.parse(args.sink)
     api_key = args.api_key if args.api_key is not None else read_str(os.environ, "MIRAGE_API_KEY", strip=False)
@@ -156,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
         api_key=api_key,
         options=SessionOptions(swapper=args.swapper, max_faces=args.max_faces, mouth_mask=args.mouth_mask, fallback=args.fallback),
         seconds=args.seconds,
+        voice_options=voice_options,
     )
     status = StatusLine()
     with contextlib.ExitStack() as stack:
@@ -167,10 +181,10 @@ def _run(args: argparse.Namespace) -> int:
         audio_sink = None
         microphone = None
         if args.audio_out is not None:
-            audio_sink = AudioSink(args.audio_out)
+            audio_sink = open_audio_sink(args.audio_out)
             stack.callback(audio_sink.close)
         if args.audio_in is not None or args.audio_out is not None:
-            microphone = MicrophoneInput(args.audio_in)
+            microphone = open_microphone(args.audio_in)
             stack.callback(microphone.close)
         status.notice(f"Mirage: {capture.description} -> {sink.name}; connecting to {settings.url} ...")
         app = CamApp(settings, capture, sink, fallback, audio_sink=audio_sink, microphone=microphone, status=status)

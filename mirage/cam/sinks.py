@@ -299,3 +299,48 @@ class AudioSink:
             self._stream.close()
         except Exception:  # noqa: BLE001
             logger.debug("audio output close failed", exc_info=True)
+
+
+class WavAudioSink:
+    """Writes the received audio to a WAV file (48 kHz mono 16-bit) instead of a device (``--audio-out file:OUT.wav``).
+
+    For demos and tests without a sound card; the file is complete once :meth:`close` ran.
+    """
+
+    def __init__(self, path: str) -> None:
+        import wave
+
+        target = Path(path).expanduser()
+        if target.suffix.lower() != ".wav":
+            raise CamError(f"The audio output file must end in .wav (got {target.name}).")
+        if not target.parent.is_dir():
+            raise CamError(f"The folder {target.parent} for the audio output does not exist.")
+        self.name = str(target)
+        self.samples = 0
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        try:
+            self._file = wave.open(str(target), "wb")  # noqa: SIM115 - open for the whole run, closed in close()
+        except OSError as exc:
+            raise CamError(f"Could not write the audio output {target}: {exc.strerror or exc}.") from None
+        self._file.setnchannels(1)
+        self._file.setsampwidth(2)
+        self._file.setframerate(SAMPLE_RATE)
+
+    def write(self, frame: av.AudioFrame) -> None:
+        """Append one received frame (called on the event loop; cheap)."""
+        for block in frame_samples(frame, self._resampler):
+            self._file.writeframes(block.astype("<i2").tobytes())
+            self.samples += len(block)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except Exception:  # noqa: BLE001 - closing twice
+            logger.debug("audio file close failed", exc_info=True)
+
+
+def open_audio_sink(spec: str) -> AudioSink | WavAudioSink:
+    """``file:OUT.wav`` (a WAV file), else an output device (index or name; ``default``)."""
+    if spec.startswith("file:"):
+        return WavAudioSink(spec[5:])
+    return AudioSink(spec)

@@ -244,7 +244,10 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
     record.update(stats.summary())
     if config.audio:
         record.update(
-            audio_chunks=stats.audio_frames, audio_dropped=stats.audio_dropped, av_offset_ms=stats.av_offset_summary()
+            audio_chunks=stats.audio_frames,
+            audio_dropped=stats.audio_dropped,
+            av_offset_ms=stats.av_offset_summary(),
+            audio_g2g_ms=stats.audio_latency_summary(),
         )
     if plan.record_audio is not None:
         record["audio_file"] = _write_returned_audio(plan.record_audio, index, session.returned_audio)
@@ -273,21 +276,31 @@ def _write_returned_audio(folder: Path, index: int, pieces: list[np.ndarray]) ->
 
 def _voice_plan(args: argparse.Namespace) -> dict[str, Any] | None:
     """The ``set_options`` voice fields of ``--voice/--pitch/--formant`` (checked here: one sentence on a bad value)."""
-    from mirage.voice.config import VoiceError, parse_voice
+    from mirage.voice.config import VoiceError
 
-    if args.voice is None and args.pitch is None and args.formant is None:
-        return None
     try:
-        selection = parse_voice(args.voice, args.pitch, args.formant)
+        return voice_plan(args.voice, args.pitch, args.formant)
     except VoiceError as exc:
         raise SystemExit(f"mirage load: {exc}") from None
+
+
+def voice_plan(voice: str | None, pitch: float | None, formant: float | None) -> dict[str, Any] | None:
+    """``set_options`` voice fields for a voice/pitch/formant choice (None: none given); ``VoiceError`` if bad.
+
+    ``pitch``/``formant`` without ``voice`` mean the DSP disguise with exactly those values.
+    """
+    from mirage.voice.config import parse_voice
+
+    if voice is None and pitch is None and formant is None:
+        return None
+    selection = parse_voice(voice, pitch, formant)
     if selection.kind == "off":
         return {"voice": "off"}
-    options: dict[str, Any] = {"voice": args.voice if args.voice else "custom"}
-    if args.pitch is not None:
-        options["pitch_semitones"] = float(args.pitch)
-    if args.formant is not None:
-        options["formant"] = float(args.formant)
+    options: dict[str, Any] = {"voice": voice if voice else "custom"}
+    if pitch is not None:
+        options["pitch_semitones"] = float(pitch)
+    if formant is not None:
+        options["formant"] = float(formant)
     return options
 
 

@@ -177,6 +177,8 @@ class SessionStats:
     latencies_ms: list[float] = field(default_factory=list)
     #: Returned audio minus returned video, per A/V mark (ms; positive: the audio is later).
     av_offsets_ms: list[float] = field(default_factory=list)
+    #: Audio glass-to-glass per A/V mark: the burst's send to its onset in the returned audio (ms).
+    audio_latencies_ms: list[float] = field(default_factory=list)
     first_at: float | None = None
     last_at: float | None = None
     _seen: set[int] = field(default_factory=set, repr=False)
@@ -229,6 +231,10 @@ class SessionStats:
         """p50/p95 of the A/V offsets (ms, audio later = positive); None without marks."""
         return offset_summary(self.av_offsets_ms)
 
+    def audio_latency_summary(self) -> dict[str, float | int] | None:
+        """p50/p95 of the audio's glass-to-glass latency at the marks (ms); None without marks."""
+        return offset_summary(self.audio_latencies_ms)
+
 
 def _ws_url(base: str) -> str:
     parts = urlsplit(base)
@@ -242,9 +248,9 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
     """The Y plane without converting the whole frame (decoders give yuv420p)."""
     if frame.format.name in ("yuv420p", "yuvj420p", "nv12"):
         plane = frame.planes[0]
-        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
         return rows[: frame.height, : frame.width]
-    return frame.to_ndarray(format="gray")
+    return np.asarray(frame.to_ndarray(format="gray"))
 
 
 class MirageSession:
@@ -520,6 +526,8 @@ class MirageSession:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, av.VideoFrame):  # a video track yields decoded video frames only
+                continue
             now = time.monotonic()
             stats = self.stats
             stats.frames += 1
@@ -571,6 +579,8 @@ class MirageSession:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, av.AudioFrame):  # an audio track yields decoded audio frames only
+                continue
             now = time.monotonic()
             self.stats.audio_frames += 1
             pts, samples = getattr(frame, "pts", None), getattr(frame, "samples", 0)
@@ -584,7 +594,9 @@ class MirageSession:
                     if self.config.record_audio:
                         self.returned_audio.append(samples_f)
                     if marks is not None:
-                        self.stats.av_offsets_ms.extend(r.offset_ms for r in marks.audio_received(samples_f, now))
+                        for result in marks.audio_received(samples_f, now):
+                            self.stats.av_offsets_ms.append(result.offset_ms)
+                            self.stats.audio_latencies_ms.append(result.audio_latency_ms)
 
     async def _read_ws(self) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -645,7 +657,8 @@ class MirageSession:
             if kind == "error":
                 self.stats.errors += 1
                 self.server_errors.append(message)
-            future = self._pending.pop(message.get("id"), None) if message.get("id") is not None else None
+            message_id = message.get("id")
+            future = self._pending.pop(message_id, None) if isinstance(message_id, int) else None
             if future is not None and not future.done():
                 future.set_result(message)
         else:
@@ -748,6 +761,7 @@ def _message_from_body(body: str) -> str | None:
         return body.strip()[:300] or None
     if isinstance(data, dict):
         for key in ("message", "detail", "error"):
-            if isinstance(data.get(key), str):
-                return data[key]
+            value = data.get(key)
+            if isinstance(value, str):
+                return value
     return None

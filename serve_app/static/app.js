@@ -34,6 +34,11 @@
     events: $("events"),
   };
 
+  // The voice controls (sent with set_options once live: the offer's options carry no voice).
+  ui.voice = $("voice");
+  ui.voicePitch = $("voice-pitch");
+  ui.voiceFormant = $("voice-formant");
+
   // Everything a test (or a curious person in the console) may want to read.
   const state = {
     phase: "loading", // loading | idle | connecting | live | error
@@ -146,6 +151,7 @@
     if (Number.isInteger(config.max_faces) && config.max_faces >= 1) ui.maxFaces.value = String(config.max_faces);
     ui.apiKeyField.hidden = !config.require_api_key;
     renderLicences();
+    applyVoices(config);
     // A page opened as /?token=… (a short-lived token from POST /token) uses it as its key.
     const token = new URLSearchParams(window.location.search).get("token");
     if (token && !ui.apiKey.value) ui.apiKey.value = token;
@@ -285,6 +291,41 @@
       mouth_mask: ui.mouthMask.checked,
       fallback: ui.fallback.value,
     };
+  }
+
+  // ------------------------------------------------------------------ voice
+
+  function applyVoices(config) {
+    const voices = Array.isArray(config.voices) && config.voices.length ? config.voices : ["off"];
+    const label = (name) => (name === "off" ? "off: my own voice" : name === "custom" ? "custom: the pitch and timbre below" : name);
+    ui.voice.replaceChildren(...voices.map((name) => new Option(label(name), name)));
+    const fallback = config.default_voice && typeof config.default_voice.voice === "string" ? config.default_voice.voice : "off";
+    ui.voice.value = voices.includes(fallback) ? fallback : voices[0];
+    state.defaultVoice = ui.voice.value;
+    renderVoiceInputs();
+  }
+
+  function renderVoiceInputs() {
+    const off = ui.voice.value === "off";
+    ui.voicePitch.disabled = off;
+    ui.voiceFormant.disabled = off;
+  }
+
+  function voiceOptions() {
+    const message = { voice: ui.voice.value };
+    if (ui.voice.value === "off") return message;
+    const pitch = parseFloat(ui.voicePitch.value);
+    const formant = parseFloat(ui.voiceFormant.value);
+    if (Number.isFinite(pitch)) message.pitch_semitones = pitch;
+    if (Number.isFinite(formant)) message.formant = formant;
+    return message;
+  }
+
+  function onVoiceChanged() {
+    renderVoiceInputs();
+    if (state.phase !== "live") return; // sent when the session goes live
+    state.voice = voiceOptions();
+    sendControl({ type: "set_options", ...state.voice }, "Voice");
   }
 
   function waitForIceGathering(pc) {
@@ -585,6 +626,11 @@
     state.lastMessageAt = performance.now();
     state.timers.push(setInterval(pollStats, 1000));
     state.timers.push(setInterval(watchSilence, 1000));
+    const voice = voiceOptions();
+    if (voice.voice !== state.defaultVoice || Object.keys(voice).length > 1) {
+      state.voice = voice;
+      sendControl({ type: "set_options", ...voice }, "Voice");
+    }
   }
 
   function sendControl(message, label) {
@@ -801,6 +847,9 @@
   ui.maxFaces.addEventListener("change", () => onOptionChanged("Faces to swap"));
   ui.fallback.addEventListener("change", () => onOptionChanged("Fallback"));
   ui.mouthMask.addEventListener("change", () => onOptionChanged("Mouth mask"));
+  ui.voice.addEventListener("change", onVoiceChanged);
+  ui.voicePitch.addEventListener("change", onVoiceChanged);
+  ui.voiceFormant.addEventListener("change", onVoiceChanged);
   ui.hearAudio.addEventListener("change", () => { ui.remote.muted = !ui.hearAudio.checked; });
   window.addEventListener("pagehide", teardown);
 

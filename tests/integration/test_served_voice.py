@@ -157,7 +157,11 @@ def test_served_session_disguises_the_voice(served: ServedApp, monkeypatch: pyte
     f0_sent = median_f0(sent, RATE)
     plain = _between(session.audio, *off)
     disguised = _between(session.audio, *on)
-    assert plain.size > 0.8 * PHASE_S * RATE and disguised.size > 0.8 * PHASE_S * RATE, (plain.size, disguised.size)
+    arrivals = np.asarray([t for t, _ in session.audio])
+    gaps = np.diff(arrivals[(arrivals >= on[0] - 2.0) & (arrivals < on[1])]) if arrivals.size > 1 else np.zeros(0)
+    assert plain.size > 0.8 * PHASE_S * RATE and disguised.size > 0.8 * PHASE_S * RATE, (
+        plain.size, disguised.size, f"frames {arrivals.size}, last at {arrivals[-1] - on[1]:+.2f} s from the end, "
+        f"largest gaps around the voice change {np.sort(gaps)[-5:] if gaps.size else []}; server {described}")
 
     st_off = 12 * np.log2(median_f0(plain, RATE) / f0_sent)
     st_on = 12 * np.log2(median_f0(disguised, RATE) / f0_sent)
