@@ -18,7 +18,9 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,16 +28,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mirage.client.sources import astronaut_source  # noqa: E402
-from mirage.pipeline import STAGES, FacePipeline, PipelineConfig  # noqa: E402
+from mirage.pipeline import FACE_STAGES, STAGES, FacePipeline, FaceStage, PipelineConfig  # noqa: E402
 
 
 def _reference() -> np.ndarray:
-    import importlib.util
+    from benchmarks.common import tom_hanks_path
 
-    spec = importlib.util.find_spec("insightface")
-    assert spec is not None and spec.submodule_search_locations
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "images" / "Tom_Hanks_54745.png"
-    image = cv2.imread(str(path))
+    image = cv2.imread(str(tom_hanks_path()))
     assert image is not None
     return image
 
@@ -44,11 +43,21 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else 0.0
 
 
-def run_mode(frames: list[np.ndarray], track: bool, warmup: int) -> dict:
-    config = PipelineConfig(track=track)
-    pipeline = FacePipeline(config)
+def run_mode(
+    frames: list[np.ndarray],
+    track: bool,
+    warmup: int,
+    *,
+    stages: Sequence[FaceStage] = FACE_STAGES,
+    backends: Mapping[str, Any] | None = None,
+    enhancer: str = "none",
+) -> dict:
+    """One run of the one frame pipeline (``stages``/``backends``: a stage added to its list, and its model)."""
+    config = PipelineConfig(track=track, enhancer=enhancer)
+    pipeline = FacePipeline(config, backends=backends, stages=stages)
     identity = pipeline.build_identity(_reference()).identity
-    per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    names = ("detect", "landmarks", *(stage.name for stage in pipeline.frames.stages), "paste")
+    per_stage: dict[str, list[float]] = {stage: [] for stage in dict.fromkeys((*STAGES, *names))}
     totals: list[float] = []
     swapped = 0
     for index, frame in enumerate(frames):
@@ -59,8 +68,8 @@ def run_mode(frames: list[np.ndarray], track: bool, warmup: int) -> dict:
             continue
         totals.append(elapsed)
         swapped += bool(result.faces)
-        for stage in STAGES:
-            per_stage[stage].append(result.timings_ms[stage])
+        for stage in per_stage:
+            per_stage[stage].append(result.timings_ms.get(stage, 0.0))
     p50 = percentile(totals, 50)
     return {
         "mode": "track" if track else "detect-every-frame",

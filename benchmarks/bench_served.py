@@ -146,7 +146,7 @@ def main() -> int:
     args = parser.parse_args()
     counts = [int(c) for c in args.sessions.split(",") if c.strip()]
 
-    from tests.faces import tom_hanks_path  # the packaged reference photo
+    from benchmarks.common import tom_hanks_path  # the packaged reference photo
 
     reference_bytes = tom_hanks_path().read_bytes()
     reference = cv2.imdecode(np.frombuffer(reference_bytes, np.uint8), cv2.IMREAD_COLOR)

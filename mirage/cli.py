@@ -31,6 +31,16 @@ def _add_swap_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--coverage", type=float, default=1.0, help="fraction of the face region replaced (0.5-1.2)")
     p.add_argument("--detector", choices=["short", "full"], default="short", help="BlazeFace range model")
+    p.add_argument(
+        "--enhancer",
+        default="none",
+        help="face restorer after the swap: none (default), gfpgan_1.4, codeformer, gpen_bfr_256 or gpen_bfr_512 "
+        "(provisioned with: python -m mirage models fetch NAME)",
+    )
+    p.add_argument(
+        "--fidelity", type=float, default=None, help="CodeFormer's fidelity weight w, 0-1 (default $MIRAGE_CODEFORMER_FIDELITY or 0.75)"
+    )
+    p.add_argument("--blend", type=float, default=1.0, help="how much of the enhanced face shows, 0-1 (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for videos")
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mirage.errors import InvalidImageError, MirageError
+from mirage.env import read_float
+from mirage.errors import InvalidImageError, MirageError, ModelUnavailableError
 from mirage.imageio import encode_image, read_image_file
-from mirage.pipeline import FacePipeline, PipelineConfig
+from mirage.pipeline import FACE_STAGES, FacePipeline, FaceStage, PipelineConfig
+from mirage.pipeline.controls import DEFAULT_FIDELITY, NO_ENHANCER
+from mirage.pipeline.models import ENHANCER
 from mirage.types import SwapOptions
 from mirage.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, AtomicVideoWriter, probe_video, read_video_frames, write_image_atomic
 
@@ -37,6 +42,11 @@ def _check_paths(args: argparse.Namespace) -> str:
         raise MirageError("--max-faces must be at least 1.")
     if not 0.3 <= args.coverage <= 1.5:
         raise MirageError("--coverage must be between 0.3 and 1.5.")
+    fidelity = getattr(args, "fidelity", None)
+    if fidelity is not None and not 0.0 <= fidelity <= 1.0:
+        raise MirageError("--fidelity must be between 0 and 1.")
+    if not 0.0 <= getattr(args, "blend", 1.0) <= 1.0:
+        raise MirageError("--blend must be between 0 and 1.")
     return in_kind
 
 
@@ -57,25 +67,58 @@ def _load_neural(args: argparse.Namespace) -> NeuralSwap | None:
     return load_neural_swap()
 
 
-def run_swap(args: argparse.Namespace) -> int:
+def _load_enhancer(name: str) -> Any:
+    """The enhancer bank holding ``name`` (weights from the models directory), or a one-sentence error."""
+    from mirage.enhance import ENHANCER_NAMES, EnhancerBank, EnhancerConfig
+
+    if name not in ENHANCER_NAMES:
+        raise MirageError(f"Unknown enhancer {name[:40]!r}; use none or one of {', '.join(ENHANCER_NAMES)}.")
+    bank = EnhancerBank.load(EnhancerConfig(names=(name,)))
+    if name not in bank.available():
+        why = bank.reason(name).rstrip(".") or f"provision it with `python -m mirage models fetch {name}`"
+        raise ModelUnavailableError(f"The enhancer {name} is not available here: {why}.")
+    return bank
+
+
+def run_swap(
+    args: argparse.Namespace,
+    *,
+    backends: Mapping[str, Any] | None = None,
+    stages: Sequence[FaceStage] = FACE_STAGES,
+) -> int:
+    """The ``swap`` command; ``backends`` / ``stages``: objects and face stages added to the pipeline (tests)."""
     kind = _check_paths(args)
     reference = read_image_file(args.reference)
+    enhancer = getattr(args, "enhancer", NO_ENHANCER) or NO_ENHANCER
+    fidelity = getattr(args, "fidelity", None)
+    if fidelity is None:  # the edge: MIRAGE_CODEFORMER_FIDELITY read here once
+        fidelity = read_float(os.environ, "MIRAGE_CODEFORMER_FIDELITY", DEFAULT_FIDELITY, lo=0.0, hi=1.0)
+    extra = dict(backends or {})
+    if enhancer != NO_ENHANCER and ENHANCER not in extra:
+        extra[ENHANCER] = _load_enhancer(enhancer)
     config = PipelineConfig(
         swapper=args.swapper,
         max_faces=args.max_faces,
         detector_model=args.detector,
         track=kind == "video",
         swap_options=SwapOptions(mouth_mask=args.mouth_mask, coverage=args.coverage),
+        enhancer=enhancer,
+        fidelity=fidelity,
+        enhance_blend=getattr(args, "blend", 1.0),
     )
-    pipeline = FacePipeline(config, neural=_load_neural(args))
+    pipeline = FacePipeline(config, neural=_load_neural(args), backends=extra, stages=stages)
     identity = pipeline.build_identity(reference)
     if identity.note:
         print(f"mirage: {identity.note}", file=sys.stderr)
     if kind == "image":
         frame = read_image_file(args.input)
         result = pipeline.process(frame, identity.identity, t=0.0)
-        if not result.faces:
+        if result.fallback is not None:
+            print(f"mirage: the swap failed on {args.input.name}; the face is blurred.", file=sys.stderr)
+        elif not result.faces:
             print(f"mirage: no face found in {args.input.name}; wrote it unchanged.", file=sys.stderr)
+        if result.skipped:
+            print(f"mirage: {', '.join(result.skipped)} failed; the swapped face was kept.", file=sys.stderr)
         write_image_atomic(args.output, encode_image(result.frame, args.output.suffix.lower()))
         print(f"wrote {args.output} ({len(result.faces)} face(s) swapped)")
         return 0

@@ -21,9 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray.serve import Application
 
 from deployments.detector import DetectorConfig, FaceDetector
+from deployments.enhancer import ENHANCER_BATCH_WAIT_S, ENHANCER_MAX_BATCH_SIZE, FaceEnhancer
 from deployments.swapper import FaceSwapper, SwapperConfig
 from deployments.voice import VOICE_BATCH_WAIT_S, VOICE_MAX_BATCH_SIZE, VoiceConverter
-from mirage.pipeline.models import DETECTOR, SWAPPER, VOICE
+from mirage.enhance import EnhancerConfig
+from mirage.pipeline.models import DETECTOR, ENHANCER, SWAPPER, VOICE
 from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.swap.mesh import MeshSwapConfig
 from mirage.voice.convert import VoiceCoreConfig
@@ -140,6 +142,26 @@ class VoiceArgs(BatchedArgs):
     num_threads: int = Field(1, ge=1)
 
 
+class EnhancerArgs(BatchedArgs):
+    """The FaceEnhancer: face restorers (GFPGAN, CodeFormer, GPEN) batched across sessions' faces.
+
+    With nothing provisioned (the CPU default) the replica loads nothing; a tenth of a CPU
+    keeps all five replicas startable on a 2-core machine. A batch runs in a worker thread by
+    default: a 512 px restorer takes longer than a frame period on a CPU.
+    """
+
+    num_cpus: float = Field(0.1, gt=0.0)
+    max_batch_size: int = Field(ENHANCER_MAX_BATCH_SIZE, ge=1, le=64)
+    batch_wait_timeout_s: float = Field(ENHANCER_BATCH_WAIT_S, ge=0.0, le=1.0)
+    compute_in_thread: bool = True
+    #: Enhancers to load (None: every provisioned one).
+    names: list[str] | None = None
+    num_threads: int = Field(1, ge=1)
+    #: Weights directory and manifest (None: MIRAGE_MODELS_DIR and configs/models.yaml, read in the replica).
+    models_dir: str | None = None
+    manifest: str | None = None
+
+
 class IngressArgs(DeploymentArgs):
     """The ingress: its own session cap, and ``max_ongoing_requests`` above it for the other routes."""
 
@@ -216,6 +238,7 @@ class AppArgs(_Args):
     detector: DetectorArgs = DetectorArgs()
     swapper: SwapperArgs = SwapperArgs()
     voice: VoiceArgs = VoiceArgs()
+    enhancer: EnhancerArgs = EnhancerArgs()
     ingress: IngressArgs = IngressArgs()
     session: SessionArgs = SessionArgs()
     #: ICE/auth normally come from MIRAGE_* variables; these are defaults they override.
@@ -308,11 +331,28 @@ def _bind_voice(args: AppArgs, settings: Settings) -> Any:
     ).bind(VoiceCoreConfig(rvc=v.rvc, num_threads=v.num_threads))
 
 
+def _bind_enhancer(args: AppArgs, settings: Settings) -> Any:
+    e = args.enhancer
+    return FaceEnhancer.options(
+        name=ENHANCER,
+        user_config=e.user_config(),
+        **e.serve_options(e.default_max_ongoing(1), args.replica_env_vars()),
+    ).bind(
+        EnhancerConfig(
+            names=tuple(e.names) if e.names is not None else None,
+            models_dir=e.models_dir,
+            manifest=e.manifest,
+            num_threads=e.num_threads,
+        )
+    )
+
+
 #: The model deployments the app makes, by name; the ingress gets their handles by these names.
 MODEL_DEPLOYMENTS: tuple[ModelDeployment, ...] = (
     ModelDeployment(DETECTOR, _bind_detector),
     ModelDeployment(SWAPPER, _bind_swapper),
     ModelDeployment(VOICE, _bind_voice),
+    ModelDeployment(ENHANCER, _bind_enhancer),
 )
 
 
@@ -322,7 +362,8 @@ def build_app(
     extra_deployments: Sequence[ModelDeployment] = (),
     extra_stages: Sequence[FaceStage] = (),
 ) -> Application:
-    """The Mirage application: ingress → the model deployments of :data:`MODEL_DEPLOYMENTS`.
+    """The Mirage application: ingress → the model deployments of :data:`MODEL_DEPLOYMENTS`
+    (FaceDetector, FaceSwapper, VoiceConverter, FaceEnhancer).
 
     ``extra_deployments`` / ``extra_stages``: a stage added to the frame pipeline
     (after :data:`~mirage.pipeline.stages.FACE_STAGES`) and the deployment it calls.

@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from serve_app.settings import FallbackPolicy
 
 SwapperChoice = Literal["mesh", "inswapper"]
+#: ``none`` or an enhancer's manifest name (``gfpgan_1.4``, ``codeformer``, ...); availability is checked by the session.
+EnhancerChoice = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+#: A weight in [0, 1] (CodeFormer's fidelity, the enhancer's blend).
+UnitFloat = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 #: Longest SDP we accept (a full offer with audio, video and data is ~5 kB).
 MAX_SDP_CHARS = 200_000
@@ -53,6 +57,11 @@ class SessionOptions(_Strict):
     max_faces: Annotated[int, Field(ge=1, le=8)] | None = None
     mouth_mask: bool = False
     fallback: FallbackPolicy | None = None
+    #: Face enhancement after the swap: ``none`` or an available enhancer; ``fidelity``: CodeFormer's
+    #: ``w`` (None: MIRAGE_CODEFORMER_FIDELITY); ``blend``: how much of the enhanced face shows.
+    enhancer: EnhancerChoice = "none"
+    fidelity: UnitFloat | None = None
+    blend: UnitFloat = 1.0
 
 
 class OfferMessage(_Strict):
@@ -83,6 +92,10 @@ class SetOptions(_Strict):
     voice: Annotated[str, Field(min_length=1, max_length=80)] | None = None
     pitch_semitones: Annotated[float, Field(allow_inf_nan=False)] | None = None
     formant: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    #: Face enhancement (``none`` or an available enhancer), CodeFormer's fidelity, the enhanced face's blend.
+    enhancer: EnhancerChoice | None = None
+    fidelity: UnitFloat | None = None
+    blend: UnitFloat | None = None
 
     def voice_options(self) -> dict[str, Any]:
         """The voice fields this message sets (empty: it does not touch the voice)."""

@@ -30,7 +30,7 @@ from ray import serve
 
 from deployments.logs import enable_info_logs
 from mirage.memtrim import HeapTrimmer
-from mirage.pipeline.models import DETECTOR, SWAPPER, VOICE
+from mirage.pipeline.models import DETECTOR, ENHANCER, SWAPPER, VOICE
 from mirage.pipeline.prepare import FramePreparer
 from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.swap.mesh import MeshSwapConfig
@@ -380,6 +380,9 @@ class MirageIngress:
         body = self.stats.snapshot(sessions=self.registry.count)
         body["routing"] = self.routing_report()
         body["voice"] = await self._voice_metrics()
+        await self.ctx.enhance.available(self.models)  # codeformer_loaded needs the list once
+        live = [s.controls.enhancer for s in self.registry.sessions()]
+        body.update(self.ctx.enhance.metrics(live, self.settings.session.codeformer_fidelity))
         return body
 
     async def _voice_metrics(self) -> dict[str, Any]:
@@ -438,9 +441,19 @@ class MirageIngress:
         swappers = await self._available_swappers()
         try:
             body = await asyncio.to_thread(models_report, swappers)
+            body["enhancers"] = await self._enhancer_models()
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"error": f"model store unavailable: {exc}", "pipeline": {"swappers": swappers}}, 500)
         return JSONResponse(body)
+
+    async def _enhancer_models(self) -> dict[str, Any]:
+        """Each enhancer the FaceEnhancer knows: available, licence, runtime (and why), or why not."""
+        if not self.models.has(ENHANCER):
+            return {}
+        try:
+            return dict(await asyncio.wait_for(self.models.call(ENHANCER, "models"), 10.0))
+        except Exception as exc:  # noqa: BLE001
+            return {"error": f"unavailable ({type(exc).__name__})"}
 
     @app.get("/config")
     async def client_config(self, request: Request) -> dict[str, Any]:
@@ -471,6 +484,8 @@ class MirageIngress:
             "max_reference_bytes": s.session.max_reference_bytes,
             "max_reference_side": s.session.max_reference_side,
             "voices": await self.ctx.available_voices(),
+            "enhancers": await self.ctx.enhance.available(self.models),
+            "default_fidelity": s.session.codeformer_fidelity,
             "default_voice": s.voice.initial_selection().to_dict(),
         }
 

@@ -21,19 +21,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from av import VideoFrame
 
 from mirage.overlay import blur_frame
-from mirage.pipeline.controls import FrameControls
-from mirage.pipeline.frame import Analysis, Breakers, FramePipeline, FrameSettings, Rendered
-from mirage.pipeline.models import ModelClient
+from mirage.pipeline.controls import NO_ENHANCER, FrameControls
+from mirage.pipeline.frame import Analysis, Breakers, FramePipeline, FrameSettings, PipelineCounters, Rendered
+from mirage.pipeline.models import ENHANCER, ModelClient
 from mirage.pipeline.prepare import FramePreparer, ModelInputs, analysis_copy, even_size
 from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.types import Image
 from mirage.video import video_frame_to_bgr
+from serve_app.control import ControlError
 from serve_app.media import LatestFramePump, OrderedVideoTrack, video_frame_like
 from serve_app.metrics import FrameRecord
 from serve_app.settings import SessionSettings
@@ -47,6 +49,7 @@ FrameBuilder = Callable[[Image], VideoFrame]
 
 __all__ = [
     "Analysis",
+    "EnhanceState",
     "FrameBuilder",
     "FramePreparer",
     "FrameProcessor",
@@ -81,6 +84,66 @@ class ServeModelClient:
 
     async def call(self, deployment: str, method: str, *args: Any) -> Any:
         return await getattr(self.handle(deployment), method).remote(*args)
+
+
+@dataclass
+class EnhanceState:
+    """One replica's view of face enhancement: what the FaceEnhancer offers (asked once), shared counters."""
+
+    counters: PipelineCounters = field(default_factory=PipelineCounters)
+    _available: list[str] | None = None
+
+    async def available(self, models: ModelClient) -> list[str]:
+        """The enhancers sessions may choose (the deployment's ``available``; [] when there is none)."""
+        if self._available is None:
+            if not models.has(ENHANCER):
+                return []
+            try:
+                self._available = list(await asyncio.wait_for(models.call(ENHANCER, "available"), 10.0))
+            except Exception as exc:  # noqa: BLE001 - no enhancer then; asked again next time
+                logger.warning("could not ask the enhancer for its models (%s)", type(exc).__name__)
+                return []
+        return list(self._available)
+
+    async def apply(
+        self,
+        models: ModelClient,
+        controls: FrameControls,
+        enhancer: str | None,
+        fidelity: float | None,
+        blend: float | None,
+        request_id: int | None = None,
+    ) -> None:
+        """Set a session's enhancement; an enhancer that is not provisioned here is refused (nothing changes)."""
+        if enhancer is not None and enhancer != NO_ENHANCER:
+            names = await self.available(models)
+            if enhancer not in names:
+                offered = ", ".join(names) if names else "none is provisioned"
+                raise ControlError(
+                    "enhancer_unavailable",
+                    f"The enhancer {enhancer} is not available on this server ({offered}); "
+                    "the session goes on without it.",
+                    request_id,
+                )
+        if enhancer is not None:
+            controls.enhancer = enhancer
+        if fidelity is not None:
+            controls.fidelity = float(fidelity)
+        if blend is not None:
+            controls.blend = float(blend)
+
+    def metrics(self, live: Sequence[str], default_fidelity: float) -> dict[str, Any]:
+        """``/metrics``' enhancer keys (the original product's names)."""
+        in_use = [name for name in live if name != NO_ENHANCER]
+        counts = {name: in_use.count(name) for name in sorted(set(in_use))}
+        return {
+            "enhanced_frames": self.counters.enhanced_frames,
+            "enhance_skipped_frames": self.counters.skipped.get("enhance", 0),
+            "enhancer": max(counts, key=lambda n: counts[n]) if counts else NO_ENHANCER,
+            "enhancers_in_use": counts,
+            "codeformer_fidelity": default_fidelity,
+            "codeformer_loaded": "codeformer" in (self._available or []),
+        }
 
 
 def frame_settings(settings: SessionSettings) -> FrameSettings:
@@ -118,9 +181,10 @@ class FrameProcessor(FramePipeline):
         clock: Callable[[], float] = time.monotonic,
         breakers: Breakers | None = None,
         stages: Sequence[FaceStage] = FACE_STAGES,
+        counters: PipelineCounters | None = None,
     ) -> None:
         super().__init__(models, preparer, frame_settings(settings), controls, clock=clock, breakers=breakers,
-                         stages=stages)
+                         stages=stages, counters=counters)
 
     async def analyze_frame(
         self, frame: VideoFrame, t: float, max_side: int, max_output_side: int | None = None

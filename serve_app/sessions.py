@@ -56,7 +56,7 @@ from serve_app.disclosure import is_commercial, noncommercial_message
 from serve_app.ice import fingerprint_problem, has_receivable_video, ice_policy, prefer_codec, rtc_configuration
 from serve_app.media import LatestFramePump, OrderedVideoTrack, cancel_and_wait
 from serve_app.metrics import FrameMetricsSink, FrameRecord, NullSink, RollingStats
-from serve_app.orchestrator import FramePreparer, FrameProcessor, SessionControls, VideoLoop
+from serve_app.orchestrator import EnhanceState, FramePreparer, FrameProcessor, SessionControls, VideoLoop
 from serve_app.settings import Settings
 from serve_app.voice import SyncedVideoTrack, VoiceTotals, deployment_convert, local_convert, local_core, voice_track
 
@@ -124,6 +124,8 @@ class SessionContext:
     stages: tuple[FaceStage, ...] = FACE_STAGES
     #: Per-stage circuit breakers shared by this replica's sessions (serve_app.breaker).
     breakers: StageBreakers = field(default_factory=StageBreakers)
+    #: The enhancers sessions may choose, and this replica's enhancement counters.
+    enhance: EnhanceState = field(default_factory=EnhanceState)
     #: The VoiceConverter deployment's handle; None: voices are converted in this process.
     voice: Any = None
     #: Voice counters of this replica's ended sessions (for /metrics).
@@ -301,7 +303,7 @@ class Session:
         self._pump.start()
         self._processor = FrameProcessor(
             self._ctx.models, self._ctx.preparer, self._settings, self.controls, breakers=self._ctx.breakers,
-            stages=self._ctx.stages,
+            stages=self._ctx.stages, counters=self._ctx.enhance.counters,
         )
         self._loop = VideoLoop(
             self._pump, self._processor, self._video_out, self._settings.max_side, on_frame, self._settings.max_output_side
@@ -390,6 +392,9 @@ class Session:
             return ack_message(msg.id, note)
         # SetOptions
         note = None
+        if msg.enhancer is not None or msg.fidelity is not None or msg.blend is not None:
+            # Checked first: a refused enhancer leaves the session's options as they were.
+            await self._ctx.enhance.apply(self._ctx.models, self.controls, msg.enhancer, msg.fidelity, msg.blend, msg.id)
         if msg.swapper is not None and msg.swapper != self.controls.swapper:
             if not self._settings.allow_noncommercial and not is_commercial(msg.swapper):
                 raise ControlError("not_allowed", noncommercial_message(msg.swapper), msg.id)
@@ -560,6 +565,7 @@ class Session:
             "max_faces": self.controls.max_faces,
             "fallback": self.controls.fallback,
             "mouth_mask": self.controls.options.mouth_mask,
+            "enhancer": self.controls.enhancer,
             "has_audio": self._audio_in is not None,
             "voice": self.voice.to_dict(),
             "voice_stats": self.voice_stats(),
@@ -769,11 +775,17 @@ async def serve_session(
             max_faces=offer.options.max_faces or settings.session.max_faces,
             options=SwapOptions(mouth_mask=offer.options.mouth_mask),
             fallback=offer.options.fallback or settings.session.fallback,
+            fidelity=settings.session.codeformer_fidelity,
         )
         session = Session(session_id, ctx, controls, photo)
         registry.attach(session)
         identity, note = await session.identity_for(photo, controls.swapper, None)
         controls.set_identity(identity)
+        try:
+            o = offer.options
+            await ctx.enhance.apply(ctx.models, controls, o.enhancer, o.fidelity, o.blend)
+        except ControlError as exc:  # an enhancer that is not here: the session starts without it
+            note = f"{note} {exc.message}" if note else exc.message
         answer_sdp = await session.negotiate(offer.sdp)
         await session.send(ws, answer_message(answer_sdp, session_id, note))
         session.start_media()

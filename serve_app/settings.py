@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
-from mirage.env import read_bool, read_choice, read_int, read_list, read_str
+from mirage.env import read_bool, read_choice, read_float, read_int, read_list, read_str
 from mirage.errors import ConfigError
 from mirage.voice.config import VoiceDefaults
 
@@ -117,6 +117,8 @@ class SessionSettings:
     #: MIRAGE_ALLOW_NONCOMMERCIAL=0: sessions may not ask for models licensed for non-commercial
     #: use only (InSwapper, buffalo_l), and /config does not offer them.
     allow_noncommercial: bool = True
+    #: CodeFormer's fidelity weight ``w`` for sessions that do not choose one (MIRAGE_CODEFORMER_FIDELITY).
+    codeformer_fidelity: float = 0.75
 
     def __post_init__(self) -> None:
         if self.max_sessions_per_replica < 1:
@@ -177,6 +179,7 @@ class Settings:
             max_faces=read_int(env, "MIRAGE_MAX_FACES", s.max_faces, lo=1, hi=s.max_faces_limit),
             badge=read_bool(env, "MIRAGE_BADGE", s.badge),
             allow_noncommercial=read_bool(env, "MIRAGE_ALLOW_NONCOMMERCIAL", s.allow_noncommercial),
+            codeformer_fidelity=read_float(env, "MIRAGE_CODEFORMER_FIDELITY", s.codeformer_fidelity, lo=0.0, hi=1.0),
             fallback=fallback,
             max_sessions_per_replica=read_int(env, "MIRAGE_MAX_SESSIONS_PER_REPLICA", s.max_sessions_per_replica, lo=1, hi=1024),
         )

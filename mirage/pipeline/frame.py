@@ -74,6 +74,16 @@ class FrameSettings:
 
 
 @dataclass
+class PipelineCounters:
+    """Counters several streams may share (one served replica's sessions)."""
+
+    #: Frames where an enhancer changed at least one face.
+    enhanced_frames: int = 0
+    #: Per optional stage: frames where it was wanted but failed or was late (the faces went on without it).
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Analysis:
     """The tracking stage's result for one frame, in the coordinates of the picture it goes out in."""
 
@@ -119,8 +129,10 @@ class FramePipeline:
         breakers: Breakers | None = None,
         offload: Offload = to_thread,
         stages: Sequence[FaceStage] = FACE_STAGES,
+        counters: PipelineCounters | None = None,
     ) -> None:
         self._models = models
+        self._shared = counters
         self._breakers = breakers
         self._prep = preparer
         self._settings = settings
@@ -257,6 +269,8 @@ class FramePipeline:
                     return await self._fallback(image, analysis, stages, build)
                 logger.debug("%s failed or late (%s): the faces go on without it", stage.name, type(exc).__name__)
                 self.skipped[stage.name] = self.skipped.get(stage.name, 0) + 1
+                if self._shared is not None:
+                    self._shared.skipped[stage.name] = self._shared.skipped.get(stage.name, 0) + 1
                 skipped.append(stage.name)
                 start = time.perf_counter()
                 continue
@@ -281,6 +295,8 @@ class FramePipeline:
         self._last_good = (out, self._clock())
         if work.enhanced:
             self.enhanced_frames += 1
+            if self._shared is not None:
+                self._shared.enhanced_frames += 1
         return Rendered(image=out, faces=len(crops), fallback=None, stages_ms=stages, frame=frame, skipped=skipped, enhanced=work.enhanced)
 
     async def process(self, image: Image, t: float) -> tuple[Analysis, Rendered[Any]]:

@@ -29,6 +29,10 @@ T = TypeVar("T")
 
 #: Runs pixel work off the event loop (``asyncio.to_thread`` when served; inline in the CLI).
 Offload = Callable[..., Awaitable[Any]]
+class EnhanceError(RuntimeError):
+    """An enhancer answered with an error (not provisioned on that replica, or its batch failed)."""
+
+
 #: Swap calls after an identity change that carry the identity itself (then only its key).
 IDENTITY_WARMUP_CALLS = 3
 
@@ -129,7 +133,11 @@ class EnhanceStage:
             (name, EnhanceItem(image=face.image, five_points=five_points_in_crop(crop), fidelity=fidelity))
             for crop, face in zip(work.crops, work.swapped, strict=True)
         ]
-        enhanced: list[Image] = list(await asyncio.gather(*(ctx.models.infer(self.deployment, "enhance", r) for r in requests)))
+        results = await asyncio.gather(*(ctx.models.infer(self.deployment, "enhance", r) for r in requests))
+        failed = [r for r in results if not r.ok]
+        if failed:  # the replica does not have it, or its batch failed: the swapped faces go on
+            raise EnhanceError(failed[0].message or failed[0].error or "enhancement failed")
+        enhanced: list[Image] = [r.image for r in results]
 
         def mix() -> list[SwappedFace]:
             return [blend_enhanced(face, out, blend) for face, out in zip(work.swapped, enhanced, strict=True)]

@@ -29,7 +29,7 @@ def test_serve_config_builds_with_fractional_cpus(monkeypatch: pytest.MonkeyPatc
     assert app_cfg["import_path"] == "serve_app.app:build_app" and app_cfg["route_prefix"] == "/"
     assert "request_timeout_s" not in config.get("http_options", {}), "sessions are long-lived requests"
     deployments = _deployments(build_app(AppArgs.model_validate(app_cfg["args"])))
-    assert set(deployments) == {"MirageIngress", "FaceDetector", "FaceSwapper", "VoiceConverter"}
+    assert set(deployments) == {"MirageIngress", "FaceDetector", "FaceSwapper", "VoiceConverter", "FaceEnhancer"}
     total = 0.0
     for name, d in deployments.items():
         cpus = d.ray_actor_options["num_cpus"]
