@@ -54,6 +54,7 @@ class AvSync:
         self._video_ms: float | None = None
         self._encode_ms = 0.0
         self._hold_ms: float | None = None
+        self._audio_wire_ms: float | None = None
 
     # --- the video path -------------------------------------------------------------
     def video_sent(self, arrived: float, taken: float) -> None:
@@ -76,6 +77,20 @@ class AvSync:
     def audio_ms(self) -> float:
         """The voice path's own delay (chunking, converter call, buffering, algorithmic latency)."""
         return float(self._audio_path_ms())
+
+    def audio_sent(self, arrived: float, taken: float) -> None:
+        """An audio frame that arrived at ``arrived`` was taken by the sender at ``taken`` (hold included)."""
+        delay = max((taken - arrived) * 1000.0, 0.0) + float(self._algorithmic_ms())
+        a = self.config.video_alpha
+        self._audio_wire_ms = delay if self._audio_wire_ms is None else self._audio_wire_ms + a * (delay - self._audio_wire_ms)
+
+    @property
+    def skew_ms(self) -> float:
+        """The voice's delay to the wire (hold and converter latency included) minus the video's: what is
+        left of the A/V offset at this end (positive: the audio leaves late, e.g. a starved audio sender)."""
+        if self._audio_wire_ms is None or self._video_ms is None:
+            return 0.0
+        return self._audio_wire_ms - self.video_ms
 
     # --- the hold ---------------------------------------------------------------------
     def target_hold_ms(self) -> float:
@@ -107,5 +122,6 @@ class AvSync:
             "video_path_ms": round(self.video_ms, 1),
             "audio_path_ms": round(self.audio_ms, 1),
             "av_hold_ms": round(self.hold_ms, 1),
+            "av_skew_ms": round(self.skew_ms, 1),
             "video_hold_needed_ms": round(self.video_hold_ms, 1),
         }

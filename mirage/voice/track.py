@@ -87,6 +87,8 @@ class VoiceTrack(MediaStreamTrack):
         wait = float(arrived) + delay - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        if self.sync is not None:
+            self.sync.audio_sent(float(arrived), time.monotonic())
         frame = av.AudioFrame.from_ndarray(mono_to_frame(samples, 1), format="s16", layout="mono")
         frame.sample_rate = DEFAULT_SAMPLE_RATE
         frame.pts = self._pts

@@ -23,7 +23,12 @@ def test_the_audio_waits_for_the_video_less_the_converter_latency() -> None:
     assert sync.target_hold_ms() == pytest.approx(121.0 - 25.0, abs=0.1)
     assert sync.video_hold_ms == 0.0
     stats = sync.stats()
-    assert set(stats) == {"video_path_ms", "audio_path_ms", "av_hold_ms", "video_hold_needed_ms"}
+    assert set(stats) == {"video_path_ms", "audio_path_ms", "av_hold_ms", "av_skew_ms", "video_hold_needed_ms"}
+    sync.audio_sent(arrived=1.0, taken=1.0 + 0.096)  # held as asked: 96 + 25 ms against the video's 121
+    assert sync.skew_ms == pytest.approx(0.0, abs=0.2)
+    for _ in range(100):
+        sync.audio_sent(arrived=2.0, taken=2.0 + 0.2)  # a starved sender: 79 ms late
+    assert sync.skew_ms == pytest.approx(200 + 25 - 121, abs=0.5)
 
 
 def test_the_hold_glides_at_most_one_ms_a_frame_and_is_capped() -> None:
