@@ -48,7 +48,7 @@ class MaskConfig:
 
     feather: float = 0.07
     mouth_open: tuple[float, float] = (0.01, 0.035)
-    forehead: float = 0.5
+    forehead: float = 0.8
 
 
 def face_extent(points_xy: Points) -> float:
@@ -135,10 +135,15 @@ def live_mouth_weight(points_xy: Points, config: MaskConfig) -> float:
 
 
 def _soft_grown(region: FloatMask, sigma: float) -> FloatMask:
-    """``region`` grown by a sigma and blurred by one: ≥ 0.84 all over ``region``, soft outside it."""
+    """``region`` grown by a sigma and blurred by one: exactly 1 all over ``region``, soft outside it.
+
+    (The blur alone leaves ~0.84 at the rim of the region; it is rescaled so the
+    whole region is 1, and the swap shows nowhere inside it.)
+    """
     grow = max(1, int(round(sigma)))
     grown = cv2.dilate(region, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-    return cv2.GaussianBlur(grown, (0, 0), sigma)
+    blurred = cv2.GaussianBlur(grown, (0, 0), sigma)
+    return np.minimum(blurred * np.float32(1.0 / 0.84), np.float32(1.0))
 
 
 def mouth_interior(shape: tuple[int, int], points_xy: Points, edge: float) -> FloatMask:

@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from mirage.errors import MirageError
 from mirage.geometry.align import transform_points
-from mirage.geometry.masks import fill_polygon, mouth_openness, skin_validity
+from mirage.geometry.masks import face_extent, fill_polygon, mouth_openness, skin_validity
 from mirage.landmarks.tessellation import MIRROR, TRIANGLES
 from mirage.landmarks.topology import FACE_OVAL, LIPS_INNER, LIPS_OUTER
 from mirage.types import (
@@ -66,6 +66,9 @@ class MeshSwapConfig:
     live proportions to the reference's, seen in the live pose (0: the live
     face's shape, 1: the reference's); the outline and the lips stay live, so
     the blend edge and the live mouth do not move.
+    ``prefilter``: a reference face larger than ``prefilter`` × 1.25 times the
+    live one is sampled from a copy reduced (area average) to ``prefilter`` times
+    the live face's size, so its fine detail does not alias into shimmer.
     """
 
     max_crop: int = 384
@@ -75,6 +78,7 @@ class MeshSwapConfig:
     min_facing: float = 0.15
     mouth_inpaint: float = 0.01
     shape_transfer: float = 0.7
+    prefilter: float = 1.3
 
 
 #: Each tessellation triangle's mirror image across the face's midline (vertex triples).
@@ -355,13 +359,29 @@ class MeshSwapper:
         if step != 1.0:
             map_xy = upsample_grid(map_xy, size, step)
             covered = upsample_grid(covered, size, step)
+        texture, valid_texture = identity.texture, identity.valid
+        factor = self.config.prefilter * face_extent(dst_xy) / max(face_extent(identity.landmarks), 1.0)
+        if factor < 0.8:
+            # The reference is much larger than the live face: sample a copy reduced to about the live
+            # face's scale (an area average), so its fine detail does not alias into shimmer.
+            side = max(8, int(round(texture.shape[1] * factor)))
+            real = side / float(texture.shape[1])
+            texture = cv2.resize(texture, (side, side), interpolation=cv2.INTER_AREA)
+            if valid_texture is not None:
+                valid_texture = cv2.resize(valid_texture, (side, side), interpolation=cv2.INTER_AREA)
+            # Pixel centres: x' + 0.5 = (x + 0.5)·real; the (-1, -1) of uncovered cells stays outside.
+            map_xy = (map_xy + 0.5) * np.float32(real) - np.float32(0.5)
         warped = cv2.remap(
-            identity.texture, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            texture,
+            map_xy[..., 0],
+            map_xy[..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
         )
         # Cells next to an uncovered one interpolate towards (-1, -1): not valid.
         valid = (covered > 0.999).astype(np.float32)
-        if identity.valid is not None:
-            skin = cv2.remap(identity.valid, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        if valid_texture is not None:
+            skin = cv2.remap(valid_texture, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             valid *= skin.astype(np.float32) * (1.0 / 255.0)
         return warped, valid
 

@@ -6,13 +6,15 @@ landmarker (in other processes, or in process: the one frame pipeline,
 ``mirage.pipeline.frame``), then feeds the landmarks back with
 :meth:`FaceTracker.observe`.
 
-As in MediaPipe's face-mesh graph, the ROI for the next frame comes from the
-current frame's raw (unsmoothed) mesh, so tracking never lags behind motion.
 The landmarks handed out are split into head motion and shape: a similarity
-fitted to all 468 points each frame follows the head at once (its noise
-averages out over the points), and only the shape, seen in the head's frame,
-is One-Euro smoothed, per face slot. The swapped face then moves with the head
-without lag and does not shimmer when the head is still.
+fitted to all 468 points each frame gives the head's motion, which a
+constant-velocity filter (:class:`HeadMotionFilter`) follows without lag on a
+steady move and at once on a sudden one, while smoothing its frame-to-frame
+noise; the shape, seen in the head's frame, is One-Euro smoothed, per face slot.
+The ROI for the next frame comes from these smoothed landmarks: FaceMesh then
+sees a steadier crop, which steadies its own output (on the moving astronaut
+clip the swap's flicker fell from 1.64x to 1.41x the input's with both; the
+raw-mesh ROI of MediaPipe's graph gave 1.51x with the filter alone).
 The detector runs on the first frame, every ``detect_every`` frames, after a
 jump larger than ``motion_threshold`` face sizes in one frame, and after a face
 was lost or its confidence fell below ``min_confidence``.
@@ -45,6 +47,11 @@ class TrackerConfig:
     #: Centre displacement in one frame, as a fraction of the face size, that triggers a re-detection.
     motion_threshold: float = 0.08
     one_euro: OneEuroConfig = field(default_factory=OneEuroConfig)
+    #: Head motion filter (a constant-velocity g-h filter on the head's similarity): position gain
+    #: at rest (1 = follow each frame's raw fit at once), and the surprise, as a fraction of the face
+    #: size, at which the gain reaches 1 (a sudden move is followed at once).
+    head_gain: float = 0.6
+    head_surprise: float = 0.04
 
 
 @dataclass
@@ -62,21 +69,65 @@ class TrackPlan:
 
 @dataclass
 class _Slot:
-    """One tracked face: its filter, last raw points (for the ROI) and last smoothed output."""
+    """One tracked face: its filters, last raw points and last smoothed output (its ROI's source)."""
 
     filter: OneEuroFilter
     raw_xy: npt.NDArray[np.float32]
     smoothed: FaceLandmarks
     #: The smoothed shape in the slot's own head frame (the first frame's coordinates), (468, 3).
     shape: npt.NDArray[np.float64] | None = None
+    head: HeadMotionFilter | None = None
 
     @property
     def roi(self) -> FaceRoi:
-        return roi_from_landmarks(self.raw_xy)
+        return roi_from_landmarks(self.smoothed.xy)
+
+
+class HeadMotionFilter:
+    """A constant-velocity (g-h) filter on three control points of the head's similarity.
+
+    Each frame's raw similarity (fitted to all 468 points) is noisy by a few
+    tenths of a pixel; the swapped texture and the blend mask follow it, so that
+    noise is visible as shimmer. The filter predicts the control points with
+    their velocity (no lag on a steady move) and corrects by ``gain`` of the
+    surprise; a surprise of ``surprise`` face sizes or more is followed at once.
+    """
+
+    def __init__(self, gain: float, surprise: float) -> None:
+        self._gain = float(min(max(gain, 0.0), 1.0))
+        self._surprise = max(float(surprise), 1e-6)
+        self._pos: npt.NDArray[np.float64] | None = None
+        self._vel = np.zeros((3, 2))
+        self._t = 0.0
+
+    def __call__(self, points: npt.NDArray[np.float64], t: float, size: float) -> npt.NDArray[np.float64]:
+        if self._pos is None or self._gain >= 1.0:
+            self._pos, self._t = points.copy(), float(t)
+            return points
+        dt = float(t) - self._t
+        if dt <= 0.0:
+            return self._pos.copy()
+        predicted = self._pos + self._vel * dt
+        residual = points - predicted
+        surprise = float(np.abs(residual).max()) / max(size, 1.0) / self._surprise
+        g = self._gain + (1.0 - self._gain) * min(surprise, 1.0)
+        h = g * g / (2.0 - g)  # critically damped
+        self._pos = predicted + g * residual
+        self._vel = self._vel + (h / dt) * residual
+        self._t = float(t)
+        return self._pos.copy()
+
+
+def _control_points(shape_xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Three points spanning the face (centre, one face size right, one face size down), in ``shape_xy``'s frame."""
+    centre = shape_xy.mean(axis=0)
+    size = float(max(np.ptp(shape_xy, axis=0).max(), 1.0))
+    return np.array([centre, centre + (size, 0.0), centre + (0.0, size)], np.float64)
 
 
 def _centre(points_xy: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    return np.asarray(points_xy, np.float64).mean(axis=0)
+    centre: npt.NDArray[np.float64] = np.asarray(points_xy, np.float64).mean(axis=0)
+    return centre
 
 
 def _extent(points_xy: npt.NDArray[np.float32]) -> float:
@@ -148,26 +199,32 @@ class FaceTracker:
             if jump > cfg.motion_threshold:
                 logger.debug("face moved %.2f face sizes in one frame: re-detect", jump)
                 self._force_detect = True
-            new_slots.append(self._update(slot, face, t))
+            new_slots.append(self._update(slot, face, t, cfg))
             used.add(face_index)
         if len(pairs) < len(old):
             lost = True
         for face_index, face in enumerate(kept):
             if face_index not in used:
-                new_slots.append(self._update(_Slot(OneEuroFilter(cfg.one_euro), face.xy, face), face, t))
+                new_slots.append(self._update(_Slot(OneEuroFilter(cfg.one_euro), face.xy, face), face, t, cfg))
         if lost and not detected:
             self._force_detect = True
         self._slots = new_slots
         return self.faces
 
     @staticmethod
-    def _update(slot: _Slot, face: FaceLandmarks, t: float) -> _Slot:
+    def _update(slot: _Slot, face: FaceLandmarks, t: float, cfg: TrackerConfig) -> _Slot:
         raw = face.points.astype(np.float64)
         if slot.shape is None or slot.shape.shape != raw.shape:
             shape = np.asarray(slot.filter(raw, t), dtype=np.float64)
-            return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=face, shape=shape)
-        # Head motion: the similarity from the smoothed shape to this frame's raw points.
+            head = HeadMotionFilter(cfg.head_gain, cfg.head_surprise)
+            head(_control_points(shape[:, :2]), t, _extent(face.xy))
+            return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=face, shape=shape, head=head)
+        # Head motion: the similarity from the smoothed shape to this frame's raw points, filtered.
         matrix = estimate_similarity(slot.shape[:, :2], raw[:, :2]).astype(np.float64)
+        if slot.head is not None:
+            control = _control_points(slot.shape[:, :2])
+            moved = control @ matrix[:, :2].T + matrix[:, 2]
+            matrix = estimate_similarity(control, slot.head(moved, t, _extent(face.xy))).astype(np.float64)
         scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
         inverse = cv2.invertAffineTransform(matrix)
         canonical = np.empty_like(raw)
@@ -178,7 +235,7 @@ class FaceTracker:
         points[:, :2] = shape[:, :2] @ matrix[:, :2].T + matrix[:, 2]
         points[:, 2] = shape[:, 2] * scale
         smoothed = FaceLandmarks(points=points.astype(np.float32), confidence=face.confidence)
-        return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=smoothed, shape=shape)
+        return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=smoothed, shape=shape, head=slot.head)
 
     @staticmethod
     def _match(slots: Sequence[_Slot], faces: Sequence[FaceLandmarks]) -> dict[int, int]:

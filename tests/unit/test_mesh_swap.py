@@ -20,11 +20,12 @@ from mirage.geometry.masks import (
     skin_validity,
 )
 from mirage.geometry.paste import BlendConfig, blended_face, paste_region
+from mirage.geometry.shading import ShadingConfig
 from mirage.landmarks.tessellation import TRIANGLES
 from mirage.landmarks.topology import FACE_OVAL, LIPS_INNER, LIPS_OUTER
 from mirage.pipeline import FacePipeline, PipelineConfig
-from mirage.swap.mesh import MeshSwapConfig, barycentric_inverse, triangle_facing
-from mirage.types import FaceLandmarks, MeshIdentity, SwapOptions
+from mirage.swap.mesh import MeshSwapConfig, MeshSwapper, barycentric_inverse, triangle_facing
+from mirage.types import FaceLandmarks, MeshIdentity, SwapOptions, SwappedFace
 from tests.faces import astronaut_bgr, t1_bgr, tom_hanks_bgr
 
 #: Regions of t1.jpg (x0, y0, x1, y1) around one person each.
@@ -266,3 +267,59 @@ def test_barycentric_inverse_matches_numpy() -> None:
     assert np.allclose(m, np.linalg.inv(d), atol=1e-9)
     degenerate = np.array([[[0, 0], [1, 1], [2, 2]]], dtype=float)
     assert barycentric_inverse(degenerate)[0, 2, 2] == -1.0
+
+
+def test_open_live_mouth_shows_none_of_the_swap_inside_the_lips(pipeline: FacePipeline) -> None:
+    # The mouth interior's cut is exactly 1 inside the live inner-lip polygon, not the ~0.84 a blur leaves.
+    frame = _cut(T1_LAUGHING)
+    face = _face(pipeline, frame)
+    crop = pipeline.mesh_swapper.prepare(frame, face)
+    assert crop.landmarks is not None
+    shape = crop.image.shape[:2]
+    mask = blend_mask(crop.landmarks, shape, None, SwapOptions())
+    inner = fill_polygon(shape, crop.landmarks[list(LIPS_INNER)]) > 0.99
+    assert inner.sum() > 50
+    assert float(mask[inner].max()) == 0.0
+
+
+def _laplacian_variance(image: np.ndarray, region: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32), cv2.CV_32F)[region].var())
+
+
+def test_a_soft_reference_takes_the_live_grain(pipeline: FacePipeline) -> None:
+    # A blurred reference on the sharp astronaut: the live frame's finest grain is added where the swap lacks it.
+    soft = cv2.GaussianBlur(_cut(T1_CLOSED), (0, 0), 2.0)
+    identity = pipeline.build_identity(soft).identity
+    frame = astronaut_bgr()
+    face = _face(pipeline, frame)
+    crop = pipeline.mesh_swapper.prepare(frame, face)
+    swapped = pipeline.mesh_swapper.swap([crop], [identity])[0]  # type: ignore[list-item]
+    with_grain, mask = blended_face(crop, swapped, SwapOptions(), BlendConfig())
+    without, _ = blended_face(crop, swapped, SwapOptions(), BlendConfig(shading=ShadingConfig(live_detail=0.0)))
+    core = mask > 0.99
+    live = _laplacian_variance(crop.image, core)
+    sharp, flat = _laplacian_variance(with_grain, core), _laplacian_variance(without, core)
+    assert flat < 0.5 * live, "the test needs a reference softer than the live face"
+    assert sharp > 1.5 * flat and sharp < 1.5 * live, (live, flat, sharp)
+    # A reference as sharp as the live face gets (almost) nothing added.
+    same = SwappedFace(image=crop.image.copy(), mask=np.ones(crop.image.shape[:2], np.float32))
+    relit, _ = blended_face(crop, same, SwapOptions(), BlendConfig())
+    plain, _ = blended_face(crop, same, SwapOptions(), BlendConfig(shading=ShadingConfig(live_detail=0.0)))
+    assert np.abs(relit.astype(int) - plain.astype(int))[core].mean() < 0.5
+
+
+def test_a_large_reference_is_sampled_at_the_live_scale(pipeline: FacePipeline, astronaut: MeshIdentity) -> None:
+    # The 512-px astronaut onto a face a third of her size: sampled from a reduced copy (no aliasing), valid inside.
+    small = cv2.resize(astronaut_bgr(), (170, 170), interpolation=cv2.INTER_AREA)
+    face = _face(pipeline, small)
+    crop = pipeline.mesh_swapper.prepare(small, face)
+    assert crop.landmarks is not None
+    factor = MeshSwapConfig().prefilter * face_extent(crop.landmarks) / face_extent(astronaut.landmarks)
+    assert factor < 0.8, "the test needs a reference much larger than the live face"
+    swapped = pipeline.mesh_swapper.swap([crop], [astronaut])[0]
+    unfiltered = MeshSwapper(MeshSwapConfig(prefilter=1e9)).swap([crop], [astronaut])[0]
+    core = swapped.mask > 0.99
+    assert core.sum() > 500
+    # Same face, same place: the reduced copy only removes detail finer than the live face can show.
+    assert np.abs(swapped.image.astype(int) - unfiltered.image.astype(int))[core].mean() < 6.0
+    assert _laplacian_variance(swapped.image, core) < _laplacian_variance(unfiltered.image, core)

@@ -117,10 +117,14 @@ def test_slots_follow_faces_when_a_detection_reorders_them(mesh: FaceLandmarks) 
     first = tracker.observe([a, b], 0.0, detected=True)
     assert len(first) == 2
     out = tracker.observe([_with_confidence(b, 0.9, dx=2.0), _with_confidence(a, 0.95, dx=2.0)], 1 / FPS, detected=True)
-    # Same slot order as before: slot 0 is still face a; a head moving as a whole is followed at once.
+    # Same slot order as before: slot 0 is still face a; a head moving as a whole is followed
+    # (most of a 2 px step at once, all of it within a few frames: the head filter smooths noise).
     assert out[0].confidence == pytest.approx(0.95) and out[1].confidence == pytest.approx(0.9)
     shift = out[0].xy[:, 0].mean() - a.xy[:, 0].mean()
-    assert shift == pytest.approx(2.0, abs=0.05)
+    assert 1.2 < shift <= 2.3
+    for i in range(2, 12):
+        out = tracker.observe([_with_confidence(b, 0.9, dx=2.0), _with_confidence(a, 0.95, dx=2.0)], i / FPS, detected=False)
+    assert out[0].xy[:, 0].mean() - a.xy[:, 0].mean() == pytest.approx(2.0, abs=0.1)
     # A third face beyond max_faces is dropped (the smallest).
     small = FaceLandmarks(points=(mesh.points * np.float32([0.3, 0.3, 1])), confidence=0.99)
     out = tracker.observe([a, b, small], 2 / FPS, detected=True)
@@ -241,3 +245,30 @@ def test_head_motion_is_followed_and_shape_noise_smoothed(mesh: FaceLandmarks) -
         previous = (out.xy, truth)
     assert abs(np.mean(lag[5:])) < 0.3, f"the face lags the head by {np.mean(lag[5:]):.2f} px"
     assert np.mean(jitter_out) < 0.5 * np.mean(jitter_in), "shape noise is not smoothed"
+
+
+def test_head_motion_noise_is_smoothed_without_lag(mesh: FaceLandmarks) -> None:
+    """Whole-head jitter (the raw similarity's noise) is smoothed; a steady move and a sudden jump are followed."""
+    rng = np.random.default_rng(11)
+
+    def run(config: TrackerConfig) -> tuple[float, float, float]:
+        tracker = FaceTracker(config)
+        errors = []
+        for i in range(60):
+            truth = np.float32([2.0 * i, 0.0])  # a steady move of 2 px per frame...
+            shake = rng.normal(0.0, 0.4, 2).astype(np.float32)  # ...with the whole head jittering
+            raw = FaceLandmarks(points=mesh.points + np.float32([*(truth + shake), 0.0]), confidence=0.99)
+            out = tracker.observe([raw], i / FPS, detected=i == 0)[0]
+            errors.append((out.xy - (mesh.xy + truth)).mean(axis=0))
+        err = np.array(errors[10:])
+        jitter = float(np.linalg.norm(np.diff(err, axis=0), axis=1).mean())
+        jump = FaceLandmarks(points=mesh.points + np.float32([2.0 * 60 + 40.0, 0.0, 0.0]), confidence=0.99)
+        after = tracker.observe([jump], 60 / FPS, detected=False)[0]
+        followed = float((after.xy - mesh.xy)[:, 0].mean())
+        return jitter, float(np.abs(err.mean(axis=0)).max()), followed
+
+    raw_jitter, _, _ = run(TrackerConfig(head_gain=1.0))
+    jitter, lag, followed = run(TrackerConfig())
+    assert jitter < 0.75 * raw_jitter, f"head jitter {jitter:.3f} px per frame vs {raw_jitter:.3f} unfiltered"
+    assert lag < 0.3, f"the face lags the head by {lag:.2f} px"
+    assert followed == pytest.approx(160.0, abs=1.0), "a sudden jump is followed at once"
