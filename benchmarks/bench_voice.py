@@ -292,7 +292,7 @@ def _ray_cpu_by_role() -> dict[str, float]:
     return out
 
 
-def served_session(seconds: float) -> dict[str, Any]:
+def served_session(seconds: float, order: list[str] | None = None) -> dict[str, Any]:
     """The whole app served; one load session per configuration (video only / voice off / disguise)."""
     import urllib.request
 
@@ -331,7 +331,8 @@ def served_session(seconds: float) -> dict[str, Any]:
             time.sleep(1)
         source = astronaut_source(640, 480, 30.0)
         runs = {"video_only": (False, None), "voice_off": (True, {"voice": "off"}), "disguise": (True, {"voice": "disguise"})}
-        for name, (audio, voice) in runs.items():
+        for name in order or list(runs):
+            audio, voice = runs[name]
             plan = LoadPlan(url=url, reference=tom_hanks_path().read_bytes(), source=source, sessions=1, seconds=seconds,
                             warmup=4.0, options=SessionOptions(), audio=audio, voice_options=voice, av_marks=audio)
             before = _ray_cpu_by_role()
@@ -361,9 +362,11 @@ def main() -> int:
     parser.add_argument("--served", action="store_true", help="also measure the deployment on a real local Ray (heavy)")
     parser.add_argument("--session", action="store_true",
                         help="only: the whole app served, one load session per configuration (heavy)")
+    parser.add_argument("--order", default="video_only,voice_off,disguise",
+                        help="with --session: the configurations, in this order (repeats allowed)")
     args = parser.parse_args()
     if args.session:
-        result = {"session": served_session(args.seconds), "cpus": os.cpu_count()}
+        result = {"session": served_session(args.seconds, args.order.split(",")), "cpus": os.cpu_count()}
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
         return 0

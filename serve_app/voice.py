@@ -106,10 +106,16 @@ def voice_track(
     less the converter's latency) instead of ``delay_s``.
     """
     stream = VoiceStream(defaults.initial_selection(), fallback=defaults.fallback)
-    pump = VoicePump(stream, convert=convert, deadline_s=deadline_s)
     if video is None:
-        return VoiceTrack(source, pump, delay_s)
+        return VoiceTrack(source, VoicePump(stream, convert=convert, deadline_s=deadline_s), delay_s)
     sync = sync or SyncConfig()
+
+    def slack_s() -> float:
+        # How long a frame may wait for its call and still be ready when the hold releases it:
+        # the hold, less the call's round trip and a 20 ms margin.
+        return (av_sync.target_hold_ms() - pump.call_ms - 20.0) / 1000.0
+
+    pump = VoicePump(stream, convert=convert, deadline_s=deadline_s, gather_s=slack_s if sync.enabled else None)
     av_sync = AvSync(lambda: pump.delay_ms, lambda: stream.latency_ms, sync)
     video.sync = av_sync
     return VoiceTrack(source, pump, delay_s, max_delay_s=sync.max_hold_ms / 1000.0, sync=av_sync)

@@ -15,6 +15,12 @@ that fails or misses ``deadline_s`` is converted locally by the stream's
 fallback (the DSP disguise, or silence): with the voice on, the frames that
 come out are never the input. ``delay_ms`` follows how long a frame takes from
 ``push`` to ready (the audio path's own delay, for A/V alignment).
+
+With ``gather_s`` (the session's A/V slack: how long a frame may wait before
+its call and still be ready when the A/V hold releases it), the pump waits
+until its oldest frame is that old before calling, so one call carries several
+frames: fewer converter round trips per session (each costs the ingress a
+Serve handle call) at no cost to the audio, which waits for the video anyway.
 """
 
 from __future__ import annotations
@@ -44,8 +50,12 @@ class VoicePump:
         deadline_s: float = 0.1,
         max_pending: int = 50,
         clock: Callable[[], float] = time.monotonic,
+        gather_s: Callable[[], float] | None = None,
     ) -> None:
         self.stream = stream
+        self._gather_s = gather_s
+        #: Smoothed converter round trip (ms), for the caller's slack.
+        self.call_ms = 0.0
         self._convert = convert
         self._deadline_s = deadline_s
         self._clock = clock
@@ -120,6 +130,10 @@ class VoicePump:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
+            if self._gather_s is not None and not self._closed:
+                wait = self._in[0][2] + min(max(self._gather_s(), 0.0), 0.2) - self._clock()
+                if wait > 0.001:
+                    await asyncio.sleep(wait)
             frames = list(self._in)
             self._in.clear()
             samples = np.concatenate([f[0] for f in frames])
@@ -138,9 +152,12 @@ class VoicePump:
                 self._delay_ema_ms = delay if self._delay_ema_ms is None else 0.9 * self._delay_ema_ms + 0.1 * delay
 
     async def _call(self, chunk: VoiceChunk) -> np.ndarray:
+        started = self._clock()
         try:
             result = await asyncio.wait_for(self._convert(chunk), timeout=self._deadline_s)
+            self.call_ms += 0.1 * ((self._clock() - started) * 1000.0 - self.call_ms)
         except TimeoutError:
+            self.call_ms += 0.1 * (self._deadline_s * 1000.0 - self.call_ms)
             self.timeouts += 1
             return self.stream.fallback(chunk)
         except asyncio.CancelledError:

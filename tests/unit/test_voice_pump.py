@@ -96,3 +96,29 @@ def test_voice_off_passes_frames_through_without_calls() -> None:
     x = voice_like(0.2)
     out = asyncio.run(_drive(VoicePump(VoiceStream(OFF), never), x))
     np.testing.assert_array_equal(np.concatenate([p for p, _ in out]), x[: len(out) * CHUNK])
+
+
+def test_with_slack_the_pump_gathers_frames_into_fewer_calls_in_order() -> None:
+    """``gather_s``: the oldest frame may wait that long before its call, so one call carries several."""
+    x = voice_like(1.0)
+    calls: list[int] = []
+
+    async def convert(chunk: VoiceChunk) -> VoiceResult:
+        calls.append(chunk.samples.size // CHUNK)
+        return (await asyncio.to_thread(CORE.convert_batch, [chunk]))[0]
+
+    def run(gather: float | None) -> list[tuple[np.ndarray, int]]:
+        calls.clear()
+        stream = VoiceStream(parse_voice("disguise"))
+        pump = VoicePump(stream, convert, deadline_s=1.0, gather_s=(lambda: gather) if gather is not None else None)
+        return asyncio.run(_drive(pump, x, period_s=0.02))
+
+    plain = run(None)
+    plain_calls = len(calls)
+    gathered = run(0.1)
+    assert [tag for _, tag in gathered] == list(range(x.size // CHUNK))  # in order, none lost
+    assert len(calls) <= plain_calls / 3 and max(calls) >= 4, (plain_calls, calls)
+    # The same stream state chained through bigger chunks: the same disguised audio.
+    a = np.concatenate([s for s, _ in plain])
+    b = np.concatenate([s for s, _ in gathered])
+    assert np.allclose(a, b, atol=1e-4)
