@@ -168,6 +168,7 @@ def texture_sources(
     min_facing: float,
     size: int | None = None,
     skin: npt.NDArray[np.uint8] | None = None,
+    turned: float = 0.8,
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_]]:
     """Per tessellation triangle, the reference vertices its texture comes from, and whether it has any.
 
@@ -176,16 +177,39 @@ def texture_sources(
     ``skin`` where that is given) uses its own texture; one that is not (the far cheek of a turned reference) uses its
     mirror image on the other side of the face when that one is visible (a face
     is nearly symmetric, and paste-back relights it like the live face);
-    otherwise none.
+    otherwise none. When the reference is turned so far that its far half shows
+    less than ``turned`` of its skin (FaceMesh then lays part of that half on the
+    background), the whole far half takes its mirror image: one seam on the
+    midline instead of a patchwork of own and mirrored triangles with holes.
     """
     mirrored = TRIANGLES_MIRRORED
-    own = triangle_facing(xy, z) > min_facing
-    mirror_ok = facing_of(mirrored, xy, z) > min_facing
+    own_facing = triangle_facing(xy, z) > min_facing
+    mirror_facing = facing_of(mirrored, xy, z) > min_facing
+    own_share = np.ones(len(TRIANGLES))
+    mirror_share = np.ones(len(TRIANGLES))
     if z is not None and size is not None:
-        own &= visible_in_image(xy, z, TRIANGLES, size, skin) > 0.5
-        mirror_ok &= visible_in_image(xy, z, mirrored, size, skin) > 0.5
-    sources = np.where((own | ~mirror_ok)[:, None], TRIANGLES, mirrored).astype(np.int32)
+        own_share = visible_in_image(xy, z, TRIANGLES, size, skin)
+        mirror_share = visible_in_image(xy, z, mirrored, size, skin)
+    own = own_facing & (own_share > 0.5)
+    mirror_ok = mirror_facing & (mirror_share > 0.5)
+    use_mirror = ~own & mirror_ok
+    side = _side_of_midline(xy)
+    shown = {s: float(np.where(own_facing, own_share, 0.0)[side == s].mean()) for s in (-1.0, 1.0) if (side == s).any()}
+    if len(shown) == 2:
+        far = min(shown, key=lambda s: shown[s])
+        if shown[far] < turned and shown[-far] > shown[far] + 0.1:
+            use_mirror |= (side == far) & mirror_ok
+    sources = np.where(use_mirror[:, None], mirrored, TRIANGLES).astype(np.int32)
     return sources, own | mirror_ok
+
+
+def _side_of_midline(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Per tessellation triangle, which side of the face's midline it lies on (−1 / +1, along the eye line)."""
+    on_midline = MIRROR == np.arange(len(MIRROR))
+    centre = xy[on_midline].mean(axis=0) if on_midline.any() else xy.mean(axis=0)
+    lateral = xy[263] - xy[33]
+    lateral = lateral / max(float(np.linalg.norm(lateral)), 1e-9)
+    return np.sign((xy[TRIANGLES].mean(axis=1) - centre) @ lateral)
 
 
 def similarity_3d(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

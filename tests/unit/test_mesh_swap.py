@@ -323,3 +323,22 @@ def test_a_large_reference_is_sampled_at_the_live_scale(pipeline: FacePipeline, 
     # Same face, same place: the reduced copy only removes detail finer than the live face can show.
     assert np.abs(swapped.image.astype(int) - unfiltered.image.astype(int))[core].mean() < 6.0
     assert _laplacian_variance(swapped.image, core) < _laplacian_variance(unfiltered.image, core)
+
+
+def test_turned_reference_covers_both_halves_of_a_frontal_face(pipeline: FacePipeline) -> None:
+    # A three-quarter reference: its far half (partly laid on the background by FaceMesh) is taken
+    # whole from its mirror image, so a frontal live face is swapped on both sides, not in patches.
+    identity = pipeline.build_identity(_cut(T1_TURNED)).identity
+    assert isinstance(identity, MeshIdentity) and identity.sources is not None
+    mirrored = (identity.sources != TRIANGLES).any(axis=1)
+    assert 0.3 < mirrored.mean() < 0.7, f"{mirrored.mean():.0%} of the triangles mirrored"
+    frame = astronaut_bgr()
+    face = _face(pipeline, frame)
+    crop = pipeline.mesh_swapper.prepare(frame, face)
+    assert crop.landmarks is not None
+    swapped = pipeline.mesh_swapper.swap([crop], [identity])[0]
+    mask = blend_mask(crop.landmarks, crop.image.shape[:2], swapped.mask, SwapOptions(), live=crop.image)
+    midline = float(crop.landmarks[[1, 4, 6, 168]][:, 0].mean())  # nose bridge and tip
+    columns = np.arange(mask.shape[1])[None, :]
+    left, right = float(mask[:, columns[0] < midline].sum()), float(mask[:, columns[0] >= midline].sum())
+    assert min(left, right) > 0.6 * max(left, right), f"blend mask left {left:.0f}, right {right:.0f}"
