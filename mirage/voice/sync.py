@@ -12,8 +12,9 @@ The two delays a session's media take through this replica, each measured
   output lags its input by that much whenever it is released).
 
 The audio is released at ``arrival + hold`` where ``hold`` follows
-``video - algorithmic latency`` (the audio then carries the content the video
-carries at the same moment), bounded by ``max_hold_ms`` and never earlier than
+``video - algorithmic latency - the audio sender's own time`` (encoding, and
+waiting for aiortc's thread pool, which the video's work shares; the audio
+then carries the content the video carries at the same moment), bounded by ``max_hold_ms`` and never earlier than
 the conversion allows. The hold changes by at most ``slew_ms`` per frame: the
 sample stream is never cut or padded, only its release times glide, which a
 receiver's jitter buffer absorbs (no clicks, no gaps). When the voice path is
@@ -55,6 +56,7 @@ class AvSync:
         self._encode_ms = 0.0
         self._hold_ms: float | None = None
         self._audio_wire_ms: float | None = None
+        self._audio_encode_ms = 0.0
 
     # --- the video path -------------------------------------------------------------
     def video_sent(self, arrived: float, taken: float) -> None:
@@ -84,19 +86,26 @@ class AvSync:
         a = self.config.video_alpha
         self._audio_wire_ms = delay if self._audio_wire_ms is None else self._audio_wire_ms + a * (delay - self._audio_wire_ms)
 
+    def audio_sender_busy(self, busy_ms: float) -> None:
+        """How long the audio sender took with the last frame (take to next request: queueing for
+        aiortc's thread pool, encoding, sending): the voice leaves that much after its release."""
+        if 0.0 <= busy_ms < 1000.0:
+            self._audio_encode_ms += self.config.video_alpha * (busy_ms - self._audio_encode_ms)
+
     @property
     def skew_ms(self) -> float:
         """The voice's delay to the wire (hold and converter latency included) minus the video's: what is
         left of the A/V offset at this end (positive: the audio leaves late, e.g. a starved audio sender)."""
         if self._audio_wire_ms is None or self._video_ms is None:
             return 0.0
-        return self._audio_wire_ms - self.video_ms
+        return self._audio_wire_ms + self._audio_encode_ms - self.video_ms
 
     # --- the hold ---------------------------------------------------------------------
     def target_hold_ms(self) -> float:
         if not self.config.enabled or self._video_ms is None:
             return 0.0
-        return min(max(self.video_ms - float(self._algorithmic_ms()), 0.0), self.config.max_hold_ms)
+        own = float(self._algorithmic_ms()) + self._audio_encode_ms
+        return min(max(self.video_ms - own, 0.0), self.config.max_hold_ms)
 
     def next_hold_s(self) -> float:
         """The release offset (s after arrival) for the next audio frame: toward the target, gliding."""

@@ -51,6 +51,7 @@ class VoiceTrack(MediaStreamTrack):
         self._reader: asyncio.Task[None] | None = None
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=DEFAULT_SAMPLE_RATE)
         self._pts = 0
+        self._taken_at: float | None = None
 
     def _start(self) -> None:
         if self._reader is None:
@@ -75,6 +76,8 @@ class VoiceTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         self._start()
+        if self.sync is not None and self._taken_at is not None:
+            self.sync.audio_sender_busy((time.monotonic() - self._taken_at) * 1000.0)
         try:
             samples, arrived = await self.pump.next_frame()
         except EOFError:
@@ -88,7 +91,8 @@ class VoiceTrack(MediaStreamTrack):
         if wait > 0:
             await asyncio.sleep(wait)
         if self.sync is not None:
-            self.sync.audio_sent(float(arrived), time.monotonic())
+            self._taken_at = time.monotonic()
+            self.sync.audio_sent(float(arrived), self._taken_at)
         frame = av.AudioFrame.from_ndarray(mono_to_frame(samples, 1), format="s16", layout="mono")
         frame.sample_rate = DEFAULT_SAMPLE_RATE
         frame.pts = self._pts

@@ -29,6 +29,9 @@ def test_the_audio_waits_for_the_video_less_the_converter_latency() -> None:
     for _ in range(100):
         sync.audio_sent(arrived=2.0, taken=2.0 + 0.2)  # a starved sender: 79 ms late
     assert sync.skew_ms == pytest.approx(200 + 25 - 121, abs=0.5)
+    for _ in range(100):
+        sync.audio_sender_busy(30.0)  # the audio sender waits 30 ms a frame for the thread pool
+    assert sync.target_hold_ms() == pytest.approx(121.0 - 25.0 - 30.0, abs=0.2)
 
 
 def test_the_hold_glides_at_most_one_ms_a_frame_and_is_capped() -> None:
