@@ -142,8 +142,9 @@ def _soft_grown(region: FloatMask, sigma: float) -> FloatMask:
     """
     grow = max(1, int(round(sigma)))
     grown = cv2.dilate(region, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-    blurred = cv2.GaussianBlur(grown, (0, 0), sigma)
-    return np.minimum(blurred * np.float32(1.0 / 0.84), np.float32(1.0))
+    blurred = np.asarray(cv2.GaussianBlur(grown, (0, 0), sigma), dtype=np.float32)
+    soft: FloatMask = np.minimum(blurred * np.float32(1.0 / 0.84), np.float32(1.0))
+    return soft
 
 
 def mouth_interior(shape: tuple[int, int], points_xy: Points, edge: float) -> FloatMask:

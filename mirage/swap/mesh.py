@@ -205,11 +205,12 @@ def texture_sources(
 
 def _side_of_midline(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Per tessellation triangle, which side of the face's midline it lies on (−1 / +1, along the eye line)."""
-    on_midline = MIRROR == np.arange(len(MIRROR))
+    on_midline = np.arange(len(MIRROR)) == MIRROR
     centre = xy[on_midline].mean(axis=0) if on_midline.any() else xy.mean(axis=0)
     lateral = xy[263] - xy[33]
     lateral = lateral / max(float(np.linalg.norm(lateral)), 1e-9)
-    return np.sign((xy[TRIANGLES].mean(axis=1) - centre) @ lateral)
+    side: npt.NDArray[np.float64] = np.sign((xy[TRIANGLES].mean(axis=1) - centre) @ lateral)
+    return side
 
 
 def similarity_3d(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -390,17 +391,14 @@ class MeshSwapper:
             # face's scale (an area average), so its fine detail does not alias into shimmer.
             side = max(8, int(round(texture.shape[1] * factor)))
             real = side / float(texture.shape[1])
-            texture = cv2.resize(texture, (side, side), interpolation=cv2.INTER_AREA)
+            texture = np.asarray(cv2.resize(texture, (side, side), interpolation=cv2.INTER_AREA), dtype=np.uint8)
             if valid_texture is not None:
-                valid_texture = cv2.resize(valid_texture, (side, side), interpolation=cv2.INTER_AREA)
+                valid_texture = np.asarray(cv2.resize(valid_texture, (side, side), interpolation=cv2.INTER_AREA), dtype=np.uint8)
             # Pixel centres: x' + 0.5 = (x + 0.5)·real; the (-1, -1) of uncovered cells stays outside.
             map_xy = (map_xy + 0.5) * np.float32(real) - np.float32(0.5)
-        warped = cv2.remap(
-            texture,
-            map_xy[..., 0],
-            map_xy[..., 1],
-            cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
+        warped = np.asarray(
+            cv2.remap(texture, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
+            dtype=np.uint8,
         )
         # Cells next to an uncovered one interpolate towards (-1, -1): not valid.
         valid = (covered > 0.999).astype(np.float32)
