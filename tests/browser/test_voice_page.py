@@ -41,11 +41,16 @@ def test_page_chooses_a_voice_and_the_server_converts_it(page, web_app: WebApp) 
     assert page.evaluate("document.getElementById('remote').muted")
 
     acks = page.evaluate("window.mirage.acks.length")
+    page.select_option("#voice", "deep")  # the change event sends set_options {"voice": "deep"}
+    page.wait_for_function(f"window.mirage.acks.length > {acks}", timeout=15_000)
+    assert page.evaluate("window.mirage.voice") == {"voice": "deep"}
+    assert "Voice applied" in page.inner_text("#control-status")
+    assert not page.is_disabled("#voice-pitch")
+    acks = page.evaluate("window.mirage.acks.length")
     page.fill("#voice-pitch", "-4")
-    page.select_option("#voice", "deep")  # the change event sends the voice with the pitch typed in
+    page.dispatch_event("#voice-pitch", "change")  # what leaving the field does
     page.wait_for_function(f"window.mirage.acks.length > {acks}", timeout=15_000)
     assert page.evaluate("window.mirage.voice") == {"voice": "deep", "pitch_semitones": -4}
-    assert "Voice applied" in page.inner_text("#control-status")
 
     session_id = page.evaluate("window.mirage.sessionId")
     deadline = time.monotonic() + 20
@@ -53,14 +58,15 @@ def test_page_chooses_a_voice_and_the_server_converts_it(page, web_app: WebApp) 
     while time.monotonic() < deadline:
         view = _session_view(web_app, session_id)
         stats = view.get("voice_stats") or {}
-        if view.get("voice", {}).get("voice") == "deep" and stats.get("converted", 0) + stats.get("fallbacks", 0) > 50:
+        if view.get("voice", {}).get("voice") == "deep" and stats.get("converted", 0) + stats.get("fallbacks", 0) > 20:
             break
         time.sleep(0.5)
     print(f"server's view of the page's session: voice {view.get('voice')}, voice_stats {view.get('voice_stats')}")
     assert view.get("has_audio"), "the page sent no microphone"
     assert view["voice"]["voice"] == "deep" and view["voice"]["pitch_semitones"] == -4, view["voice"]
     stats = view["voice_stats"]
-    assert stats["converted"] + stats["fallbacks"] > 50, stats  # the microphone's chunks are disguised
+    # The microphone's audio is disguised (calls of up to 200 ms of it: the pump gathers into the A/V slack).
+    assert stats["converted"] + stats["fallbacks"] > 20, stats
 
     page.check("#hear-audio")
     assert not page.evaluate("document.getElementById('remote').muted"), "hear yourself must unmute the returned audio"

@@ -178,7 +178,9 @@ def test_served_session_disguises_the_voice(served: ServedApp, monkeypatch: pyte
 
     assert described["voice"]["voice"] == PRESET
     stats = described["voice_stats"]
-    assert stats["converted"] > 0.5 * PHASE_S * 50, stats  # chunks converted by the deployment
+    # Calls converted by the deployment: one per 20 ms frame at most, fewer when the pump gathers frames into
+    # the A/V hold's slack (up to 200 ms a call).
+    assert stats["converted"] > PHASE_S * 5 * 0.5 and stats["converted"] > 5 * stats["fallbacks"], stats
     # /metrics was read just before debug_state: the session's counters went on meanwhile (a few chunks).
     assert voice["converted"] >= stats["converted"] - 25 and voice["chunks"] >= stats["chunks"] - 25, (voice, stats)
     assert voice["converter"]["batches"] > 0 and voice["converter"]["items"] >= voice["converted"], voice
