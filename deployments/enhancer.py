@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 ENHANCER_MAX_BATCH_SIZE = 8
 ENHANCER_BATCH_WAIT_S = 0.002
+#: Seconds between health probes that run a model (the batching loop is checked every time).
+PROBE_PERIOD_S = 60.0
 
 
 class EnhancerBatchingConfig(BatchingConfig):
@@ -62,6 +65,7 @@ class FaceEnhancer:
         self.bank = EnhancerBank.load(self.config, store=store, runtime=RuntimeConfig.from_env())
         self._metrics = BatchMetrics("enhancer")
         self._batching = EnhancerBatchingConfig.model_validate({})
+        self._probed_at = float("-inf")
         logger.info("FaceEnhancer ready: %s", ", ".join(self.bank.available()) or "no enhancer provisioned")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -100,9 +104,12 @@ class FaceEnhancer:
         if not await self.enhance._is_batching_task_alive():  # type: ignore[attr-defined]
             raise RuntimeError("the enhance batching loop is not running")
         names = self.bank.available()
-        if names:
+        now = time.monotonic()
+        # A 512 px restorer on a CPU takes a second or more: probe it at most once a minute.
+        if names and now - self._probed_at >= PROBE_PERIOD_S:
             probe = EnhanceItem(np.zeros((64, 64, 3), np.uint8), _PROBE_POINTS.copy())
             await asyncio.to_thread(self.bank.enhancers[names[0]].enhance, [probe])
+            self._probed_at = time.monotonic()
 
 
 #: Five plausible points in a 64 px crop (the ArcFace template scaled), for the health probe.
