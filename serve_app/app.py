@@ -65,9 +65,14 @@ class DeploymentArgs(_Args):
     max_ongoing_requests: int | None = Field(None, ge=1)
     #: Serve's autoscaling_config (replaces num_replicas when set).
     autoscaling_config: dict[str, Any] | None = None
+    #: Custom Ray resources each replica needs, e.g. {"mirage_models": 0.01}: the replicas then run
+    #: only on nodes started with that resource (``ray start --resources``; docs/cluster.md).
+    resources: dict[str, float] = Field(default_factory=dict)
 
     def serve_options(self, default_max_ongoing: int, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.resources:
+            actor["resources"] = dict(self.resources)
         if env_vars:
             actor["runtime_env"] = {"env_vars": dict(env_vars)}
         if self.num_gpus:
