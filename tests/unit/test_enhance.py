@@ -390,3 +390,23 @@ def test_outputs_beyond_the_range_are_clipped(bank: EnhancerBank) -> None:
     assert first.dtype == np.uint8 and first.shape == (4, 4, 3)
     assert (first[..., 2] == 255).all() and (first[..., 0] == 0).all() and (first[..., 1] == 128).all()
     assert (second == 191).all()  # (0.5 + 1) * 127.5 = 191.25
+
+
+def test_alignment_maps_the_five_points_onto_the_template(bank: EnhancerBank) -> None:
+    # GPEN-BFR 256's arcface_128 template is the 128 px ArcFace template scaled by 2, so a face
+    # already aligned at 128 px goes in by a pure 2x scale; the other models' matrices put the
+    # crop's points on their template (a similarity, no reflection).
+    image, points = _face_crop(128)
+    for name in ENHANCER_NAMES:
+        enhancer = bank.get(name)
+        assert isinstance(enhancer, OnnxFaceEnhancer)
+        aligned, matrix = enhancer.align(EnhanceItem(image, points))
+        assert aligned.shape == (enhancer.size, enhancer.size, 3)
+        mapped = transform_points(points, matrix)
+        assert np.abs(mapped - enhancer.template).max() < 0.05 * enhancer.size, name
+        assert np.linalg.det(matrix[:, :2]) > 0, name
+    gpen = bank.get("gpen_bfr_256")
+    assert isinstance(gpen, OnnxFaceEnhancer)
+    real = OnnxFaceEnhancer("gpen_bfr_256", gpen.model, gpen.io.model_copy(update={"size": 256}))
+    _, matrix = real.align(EnhanceItem(image, points))
+    np.testing.assert_allclose(matrix, [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]], atol=1e-4)
