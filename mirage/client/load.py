@@ -71,6 +71,10 @@ def add_load_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     )
     p.add_argument("--record-audio", type=Path, default=None, help="write each session's returned audio to DIR/session-N.wav")
     p.add_argument(
+        "--enhancer", default=None, help="face enhancer to ask for once each session is up (none or a name /config lists)"
+    )
+    p.add_argument("--fidelity", type=float, default=None, help="CodeFormer's fidelity weight w with --enhancer, 0-1")
+    p.add_argument(
         "--av-marks",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -122,6 +126,8 @@ class LoadPlan:
     audio_samples: np.ndarray | None = None
     #: ``set_options`` voice fields sent once each session is up (empty: the server's default voice).
     voice_options: dict[str, Any] | None = None
+    #: ``set_options`` enhancer fields sent once each session is up (empty: no enhancer).
+    enhance_options: dict[str, Any] | None = None
     #: Folder for each session's returned audio (``session-N.wav``).
     record_audio: Path | None = None
     #: A/V marks in the sent audio, for ``av_offset_ms`` (mirage.client.avsync).
@@ -200,6 +206,11 @@ async def _one_session(plan: LoadPlan, index: int, encoded: EncodedClip | None =
             reply = await session.set_options(**plan.voice_options)
             if reply.get("type") != "ack":
                 record["error"] = f"the server refused the voice: {reply.get('message', reply)}"
+                session.stats.errors += 1
+        if plan.enhance_options:
+            reply = await session.set_options(**plan.enhance_options)
+            if reply.get("type") != "ack":
+                record["error"] = f"the server refused the enhancer: {reply.get('message', reply)}"
                 session.stats.errors += 1
         await _sleep_unless_ended(session, plan.warmup)
         session.stats = SessionStats()  # measure only the steady state
@@ -370,6 +381,13 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
     if args.record_audio is not None and args.record_audio.exists() and not args.record_audio.is_dir():
         raise SystemExit(f"mirage load: --record-audio {args.record_audio} is not a folder")
     voice_options = _voice_plan(args)
+    enhance_options: dict[str, Any] = {}
+    if getattr(args, "enhancer", None):
+        enhance_options["enhancer"] = args.enhancer
+    if getattr(args, "fidelity", None) is not None:
+        if not 0.0 <= args.fidelity <= 1.0:
+            raise SystemExit("mirage load: --fidelity must be between 0 and 1")
+        enhance_options["fidelity"] = args.fidelity
     audio_samples = _audio_file(args.audio_file)
     fps = args.fps or 30.0
     source = open_source(args.source, fps=args.fps) if args.source else astronaut_source(width, height, fps)
@@ -389,6 +407,7 @@ def _plan_from_args(args: argparse.Namespace) -> LoadPlan:
         encode=args.encode,
         audio_samples=audio_samples,
         voice_options=voice_options,
+        enhance_options=enhance_options or None,
         record_audio=args.record_audio,
         av_marks=bool(args.av_marks) if args.av_marks is not None else (args.audio and audio_samples is None),
     )

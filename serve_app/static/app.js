@@ -34,6 +34,8 @@
     events: $("events"),
   };
 
+  // The face enhancer (offered by /config's "enhancers"; "none" when the server has none).
+  ui.enhancer = $("enhancer");
   // The voice controls (sent with set_options once live: the offer's options carry no voice).
   ui.voice = $("voice");
   ui.voicePitch = $("voice-pitch");
@@ -151,6 +153,12 @@
     if (Number.isInteger(config.max_faces) && config.max_faces >= 1) ui.maxFaces.value = String(config.max_faces);
     ui.apiKeyField.hidden = !config.require_api_key;
     renderLicences();
+    const enhancers = Array.isArray(config.enhancers) ? config.enhancers : [];
+    ui.enhancer.replaceChildren(
+      new Option(enhancers.length ? "none" : "none (no enhancer on this server)", "none"),
+      ...enhancers.map((name) => new Option(name, name)),
+    );
+    ui.enhancer.disabled = enhancers.length === 0;
     applyVoices(config);
     // A page opened as /?token=… (a short-lived token from POST /token) uses it as its key.
     const token = new URLSearchParams(window.location.search).get("token");
@@ -290,6 +298,7 @@
       max_faces: faces,
       mouth_mask: ui.mouthMask.checked,
       fallback: ui.fallback.value,
+      enhancer: ui.enhancer.value || "none",
     };
   }
 
@@ -847,6 +856,7 @@
   ui.maxFaces.addEventListener("change", () => onOptionChanged("Faces to swap"));
   ui.fallback.addEventListener("change", () => onOptionChanged("Fallback"));
   ui.mouthMask.addEventListener("change", () => onOptionChanged("Mouth mask"));
+  ui.enhancer.addEventListener("change", () => onOptionChanged("Face enhancer"));
   ui.voice.addEventListener("change", onVoiceChanged);
   ui.voicePitch.addEventListener("change", onVoiceChanged);
   ui.voiceFormant.addEventListener("change", onVoiceChanged);
