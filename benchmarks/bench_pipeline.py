@@ -89,6 +89,14 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--enhancer",
+        default=None,
+        help="also run tracking with this enhancer (from the models directory, or --models-dir/--manifest: "
+        "e.g. stand-ins, whose names say so in the report)",
+    )
+    parser.add_argument("--models-dir", type=Path, default=None, help="weights directory of --enhancer")
+    parser.add_argument("--manifest", type=Path, default=None, help="manifest of --models-dir")
     args = parser.parse_args()
 
     source = astronaut_source(640, 480, 30.0)
@@ -96,6 +104,24 @@ def main() -> int:
     modes = {}
     for track in (False, True):
         report = run_mode(clip, track, args.warmup)
+        modes[report["mode"]] = report
+    if args.enhancer:
+        from mirage.enhance import EnhancerBank, EnhancerConfig
+        from mirage.pipeline.models import ENHANCER
+
+        bank = EnhancerBank.load(
+            EnhancerConfig(
+                names=(args.enhancer,),
+                models_dir=str(args.models_dir) if args.models_dir else None,
+                manifest=str(args.manifest) if args.manifest else None,
+            )
+        )
+        if args.enhancer not in bank.available():
+            raise SystemExit(f"bench_pipeline: {bank.reason(args.enhancer)}")
+        info = bank.info()[args.enhancer]
+        report = run_mode(clip, True, args.warmup, backends={ENHANCER: bank}, enhancer=args.enhancer)
+        label = "stand-in " if info.get("standin") else ""
+        report["mode"] = f"track+enhance ({label}{args.enhancer}, {info.get('runtime')})"
         modes[report["mode"]] = report
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

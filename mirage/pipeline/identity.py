@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import cv2
+import numpy as np
 
 from mirage.detect.blazeface import BlazeFaceConfig, BlazeFaceDetector, largest_faces
 from mirage.errors import InvalidImageError, MirageError, ModelUnavailableError, NoFaceError
@@ -27,7 +28,7 @@ from mirage.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_SIDE, decode_image
 from mirage.landmarks.facemesh import FaceMeshLandmarker, roi_from_detection
 from mirage.pipeline.messages import SWAPPER_UNAVAILABLE, UNKNOWN_IDENTITY, IdentityReply, SwapItem, SwapResult
 from mirage.swap.mesh import MeshSwapConfig, MeshSwapper
-from mirage.types import FaceLandmarks, Identity, Image, SwapperName
+from mirage.types import FaceLandmarks, Identity, Image, LatentIdentity, SwapperName
 
 if TYPE_CHECKING:  # ONNX Runtime is imported only when the neural path is used
     from mirage.swap.neural import NeuralSwap
@@ -60,7 +61,8 @@ class ReferenceFinder:
             offset = 0
             if pad:
                 offset = int(max(reference.shape[:2]) * pad)
-                image = cv2.copyMakeBorder(reference, offset, offset, offset, offset, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+                padded = cv2.copyMakeBorder(reference, offset, offset, offset, offset, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+                image = np.asarray(padded, np.uint8)
             detections = self.detector.detect([image])[0]
             if detections:
                 best = largest_faces(detections, 1)[0]
@@ -249,7 +251,10 @@ class SwapEngine:
             if name == "mesh":
                 out = self._mesh.swap(crops, identities, [items[i].options for i in indices])  # type: ignore[arg-type]
             elif name == "inswapper" and self.inswapper is not None:
-                out = self.inswapper.swapper.swap(crops, identities)
+                latents = [i for i in identities if isinstance(i, LatentIdentity)]
+                if len(latents) != len(identities):  # a mesh identity sent for InSwapper: refused per item
+                    continue
+                out = self.inswapper.swapper.swap(crops, latents)
             else:
                 continue
             for i, face in zip(indices, out, strict=True):

@@ -62,7 +62,7 @@ def analysis_copy(picture: Image, max_side: int) -> tuple[Image, float]:
     if max(width, height) <= max_side:
         return picture, 1.0
     new_w, new_h = _even_size(width, height, max_side)
-    small = cv2.resize(picture, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    small = np.asarray(cv2.resize(picture, (new_w, new_h), interpolation=cv2.INTER_AREA), np.uint8)
     return small, width / float(new_w)
 
 
