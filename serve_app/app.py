@@ -361,17 +361,23 @@ MODEL_DEPLOYMENTS: tuple[ModelDeployment, ...] = (
 )
 
 
-def build_app(
+def build_app(args: AppArgs) -> Application:
+    """The Mirage application: ingress → the model deployments of :data:`MODEL_DEPLOYMENTS`
+    (FaceDetector, FaceSwapper, VoiceConverter, FaceEnhancer).
+
+    Serve's ``import_path`` builder: exactly one parameter (Ray Serve refuses any other).
+    """
+    return build_app_with(args)
+
+
+def build_app_with(
     args: AppArgs,
     *,
     extra_deployments: Sequence[ModelDeployment] = (),
     extra_stages: Sequence[FaceStage] = (),
 ) -> Application:
-    """The Mirage application: ingress → the model deployments of :data:`MODEL_DEPLOYMENTS`
-    (FaceDetector, FaceSwapper, VoiceConverter, FaceEnhancer).
-
-    ``extra_deployments`` / ``extra_stages``: a stage added to the frame pipeline
-    (after :data:`~mirage.pipeline.stages.FACE_STAGES`) and the deployment it calls.
+    """:func:`build_app`, plus ``extra_stages`` added to the frame pipeline (after
+    :data:`~mirage.pipeline.stages.FACE_STAGES`) and ``extra_deployments``, the deployments they call.
     """
     if isinstance(args, dict):  # called directly with a plain dict
         args = AppArgs.model_validate(args)

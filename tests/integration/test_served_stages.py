@@ -37,7 +37,7 @@ LOOP = 40
 def staged(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from ray import serve
 
-    from serve_app.app import AppArgs, ModelDeployment, build_app
+    from serve_app.app import AppArgs, ModelDeployment, build_app_with
     from tests.standins import write_enhancer_standins
 
     models_dir = tmp_path_factory.mktemp("staged-models")
@@ -58,7 +58,7 @@ def staged(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> Itera
     def bind_tint(app_args: AppArgs, settings: Any) -> Any:
         return tint_deployment().options(name=TINT, ray_actor_options=dict(tiny)).bind()
 
-    app = build_app(args, extra_deployments=[ModelDeployment(TINT, bind_tint)], extra_stages=TINT_STAGES[-1:])
+    app = build_app_with(args, extra_deployments=[ModelDeployment(TINT, bind_tint)], extra_stages=TINT_STAGES[-1:])
     serve.run(app, name=APP, route_prefix=PREFIX)
     url = served.url + PREFIX
     deadline = time.monotonic() + 120

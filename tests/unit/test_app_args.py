@@ -114,3 +114,13 @@ def test_voice_enable_is_read_once_into_settings() -> None:
                       ({"MIRAGE_VOICE_CHUNK_MS": "23"}, "MIRAGE_VOICE_CHUNK_MS"), ({"MIRAGE_VOICE_ENABLE": "maybe"}, "MIRAGE_VOICE_ENABLE")):
         with pytest.raises(ConfigError, match=f"^{name} must be"):
             Settings.from_env(env)
+
+
+def test_build_app_is_a_one_parameter_builder_for_serve() -> None:
+    """Ray Serve refuses an import_path builder with more than one parameter (DEPLOY_FAILED)."""
+    import inspect
+
+    from serve_app.app import build_app_with
+
+    assert len(inspect.signature(build_app).parameters) == 1
+    assert "extra_stages" in inspect.signature(build_app_with).parameters
