@@ -50,6 +50,7 @@ from serve_app.ice import ice_policy, ice_server_dicts
 from serve_app.metrics import RayFrameMetrics, RollingStats
 from serve_app.orchestrator import ServeModelClient
 from serve_app.routing import REFUSED_METRIC, SESSIONS_METRIC, RecentCount, slot_stats
+from serve_app.scaling import ScalingWatcher
 from serve_app.sessions import (
     SHUTDOWN_REASON,
     SessionContext,
@@ -264,6 +265,9 @@ class MirageIngress:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirage"))
         self._hooked_loop = loop
         self.drain.start()
+        if getattr(self, "scaling", None) is None:
+            self.scaling = ScalingWatcher()
+        self.scaling.start()
         self.trimmer.start()
 
     def _require_key(self, request: Request) -> None:
@@ -311,6 +315,8 @@ class MirageIngress:
     async def __del__(self) -> None:
         """Graceful shutdown: end every session cleanly (close 1001, peer connection closed)."""
         await self.drain.stop()
+        if getattr(self, "scaling", None) is not None:
+            await self.scaling.stop()
         await self.trimmer.stop()
         self.registry.end_all(SHUTDOWN_REASON)
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_WAIT_S
@@ -379,6 +385,8 @@ class MirageIngress:
     async def metrics(self) -> dict[str, Any]:
         body = self.stats.snapshot(sessions=self.registry.count)
         body["routing"] = self.routing_report()
+        watcher = getattr(self, "scaling", None)
+        body["scaling"] = watcher.log.report() if watcher is not None else None
         body["voice"] = await self._voice_metrics()
         await self.ctx.enhance.available(self.models)  # codeformer_loaded needs the list once
         live = [s.controls.enhancer for s in self.registry.sessions()]

@@ -229,5 +229,14 @@ def test_sessions_fill_two_replicas_overflow_is_refused_with_a_hint_and_drained_
     figures = asyncio.run(story())
     print(f"routing story: {figures}")
     _wait_for(lambda: routed.running() == 1, 60, "one ingress replica after the scale-down")
-    status, metrics = http(routed.url + "/metrics")
-    assert status == 200 and metrics["routing"]["capacity"] == CAP
+
+    # /metrics: this replica's slots and refusals, and the scaling events it saw (polled every 5 s).
+    def ingress_events() -> list[dict[str, Any]]:
+        status, metrics = http(routed.url + "/metrics")
+        assert status == 200, metrics
+        routing = metrics["routing"]
+        assert routing["capacity"] == CAP and routing["admitted_total"] >= 2 and routing["refused_total"] >= 2, routing
+        return [e for e in (metrics["scaling"] or {}).get("events", []) if e["deployment"] == "MirageIngress"]
+
+    _wait_for(lambda: {("target", "up"), ("target", "down")} <= {(e["kind"], e["direction"]) for e in ingress_events()},
+              20, "/metrics shows the ingress scaling up and down")
