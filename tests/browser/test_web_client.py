@@ -243,12 +243,22 @@ def _wait_no_sessions(app: WebApp, timeout: float = 30.0) -> None:
     raise AssertionError(f"sessions still open {timeout:.0f} s after closing them: {body}")
 
 
-def test_page_explains_a_full_server(page, web_app: WebApp) -> None:  # type: ignore[no-untyped-def]
+def test_page_retries_a_full_server_and_says_so(page, web_app: WebApp) -> None:  # type: ignore[no-untyped-def]
     if web_app.capacity is None:
         pytest.skip("the session cap of this app is unknown (MIRAGE_TEST_URL)")
     with _occupied(web_app, web_app.capacity):
         _start_session(page, web_app, tom_hanks_path())
-        page.wait_for_function("document.body.dataset.state === 'error'", timeout=30_000)
-        text = page.inner_text("#error")
-    assert "The server is full right now" in text, text
-    assert page.eval_on_selector("#local", "v => v.srcObject === null")  # camera released
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Server full, retrying in')", timeout=30_000
+        )
+        text = page.inner_text("#status")
+        assert page.evaluate("document.body.dataset.state") == "connecting", text  # waiting, not failed
+        assert page.eval_on_selector("#local", "v => v.srcObject === null")  # camera released meanwhile
+        assert page.is_hidden("#error")
+    # A slot is free again: a later retry (never before the server's hint) goes live by itself.
+    page.wait_for_function("['live', 'error'].includes(document.body.dataset.state)", timeout=60_000)
+    assert page.evaluate("document.body.dataset.state") == "live", page.inner_text("#error")
+    assert page.evaluate("window.mirage.fullRetries") == 0  # reset once live
+    assert any("server full, retry" in e for e in page.evaluate("window.mirage.events"))
+    page.click("#stop")
+    _wait_no_sessions(web_app)
