@@ -352,7 +352,9 @@ class CamApp:
             if soon is not None:
                 # The server is going away (scale-down, redeploy): move to another replica now.
                 self.moves += 1
-                self.status.notice(f"The server is moving this session: reconnecting now{self._meanwhile()}.")
+                self.status.notice(
+                    f"Lost the session: the server is going away (moving this session); reconnecting now{self._meanwhile()}."
+                )
                 await asyncio.sleep(soon)
                 continue
             delay = backoff.next()
