@@ -193,11 +193,12 @@ class IngressArgs(DeploymentArgs):
 
         opts: dict[str, Any] = {}
         if self.router == "sessions":
-            opts["request_router_config"] = RequestRouterConfig(
-                request_router_class=ROUTER_CLASS,
-                request_routing_stats_period_s=self.routing_stats_period_s,
-                request_routing_stats_timeout_s=max(5.0, 5 * self.routing_stats_period_s),
-            )
+            router: dict[str, Any] = {
+                "request_router_class": ROUTER_CLASS,
+                "request_routing_stats_period_s": self.routing_stats_period_s,
+                "request_routing_stats_timeout_s": max(5.0, 5 * self.routing_stats_period_s),
+            }
+            opts["request_router_config"] = RequestRouterConfig(**router)
         if self.autoscaling_config and self.autoscale_on == "sessions" and "policy" not in self.autoscaling_config:
             config = dict(self.autoscaling_config)
             config["policy"] = {

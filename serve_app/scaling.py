@@ -88,7 +88,10 @@ async def _serve_details() -> dict[str, Any]:
     from ray.serve.context import _get_global_client
 
     client = _get_global_client()
-    return await client._controller.get_serve_instance_details.remote()  # type: ignore[no-any-return]
+    if client is None:
+        raise RuntimeError("no Serve controller client in this process")
+    details: dict[str, Any] = await client._controller.get_serve_instance_details.remote()
+    return details
 
 
 class ScalingWatcher:
@@ -126,11 +129,11 @@ class ScalingWatcher:
 
             self._gauge = metrics.Gauge(
                 "mirage_replicas", description="Replicas of each deployment (running / target).",
-                tag_keys=("deployment", "kind"),
+                tag_keys=("deployment", "kind"),  # type: ignore[arg-type]  # Ray annotates tag_keys as tuple[str]
             )
             self._counter = metrics.Counter(
                 "mirage_scaling_events", description="Changes of a deployment's target or running replicas.",
-                tag_keys=("deployment", "direction"),
+                tag_keys=("deployment", "direction"),  # type: ignore[arg-type]
             )
 
     async def poll_once(self) -> list[dict[str, Any]]:
