@@ -68,7 +68,7 @@ def growth_pct(series: list[float]) -> float | None:
 
 
 async def soak(url: str, api_key: str | None, sessions: int, minutes: float, session_s: float, seed: int) -> dict[str, Any]:
-    from tests.faces import tom_hanks_path
+    from benchmarks.common import tom_hanks_path
 
     reference = tom_hanks_path().read_bytes()
     source = astronaut_source(640, 480, 30.0)
