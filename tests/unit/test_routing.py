@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import pickle
 from types import SimpleNamespace
@@ -90,3 +91,63 @@ def test_recent_count_is_the_growth_over_the_window() -> None:
     assert recent.observe(3, now=4.0) == 3
     assert recent.observe(3, now=7.0) == 1  # the sample at t=1 (2) is the oldest within 5 s
     assert recent.observe(3, now=20.0) == 0
+
+
+class _Replica:
+    """What SessionAwareRouter reads of a RunningReplica: its id and its last routing stats."""
+
+    def __init__(self, name: str, free: int, at: float) -> None:
+        self.replica_id = SimpleNamespace(unique_id=name)
+        self.routing_stats: dict[str, object] = {"free_slots": free, "accepting": True, "at": at}
+
+
+def _router() -> object:
+    from serve_app.routing import SessionAwareRouter
+
+    router = SessionAwareRouter.__new__(SessionAwareRouter)  # no Serve around: only the routing state
+    router._use_replica_queue_len_cache = False  # type: ignore[attr-defined]
+    router.initialize_state(mark_ttl_s=5.0)
+    return router
+
+
+def _session(request_id: str) -> SimpleNamespace:
+    return SimpleNamespace(
+        args=[pickle.dumps({"type": "websocket", "path": "/ws/session"})],
+        metadata=SimpleNamespace(internal_request_id=request_id),
+        routing_context=SimpleNamespace(should_backoff=False),
+    )
+
+
+def test_with_three_replicas_a_session_goes_to_room_never_to_the_full_one_first() -> None:
+    import time
+
+    router = _router()
+    now = time.time()
+    full, some, most = _Replica("full", 0, now), _Replica("some", 1, now), _Replica("most", 2, now)
+    pending = _session("r1")
+    ranks = asyncio.run(router.choose_replicas([full, some, most], pending))  # type: ignore[attr-defined]
+    assert [[r.replica_id.unique_id for r in rank] for rank in ranks] == [["most"], ["some"], ["full"]]
+    assert pending.routing_context.should_backoff  # no busy loop when nobody can take it
+    assert router.decisions == {"room": 1, "all_full": 0}  # type: ignore[attr-defined]
+
+    # Two sessions sent to "most" before its next report: it now looks full, "some" comes first.
+    router.on_send_request(most.replica_id)  # type: ignore[attr-defined]
+    router.on_send_request(most.replica_id)  # type: ignore[attr-defined]
+    ranks = asyncio.run(router.choose_replicas([full, some, most], _session("r2")))  # type: ignore[attr-defined]
+    assert [[r.replica_id.unique_id for r in rank] for rank in ranks] == [["some"], ["full", "most"]]
+
+    # A newer report from "most" (taken after those sends reached it) replaces our marks.
+    most.routing_stats = {"free_slots": 1, "accepting": True, "at": time.time() + 1.0}
+    ranks = asyncio.run(router.choose_replicas([full, some, most], _session("r3")))  # type: ignore[attr-defined]
+    assert [[r.replica_id.unique_id for r in rank] for rank in ranks] == [["some", "most"], ["full"]]
+
+
+def test_all_full_is_counted_once_per_request() -> None:
+    import time
+
+    router = _router()
+    replicas = [_Replica("a", 0, time.time()), _Replica("b", 0, time.time())]
+    pending = _session("same")
+    for _ in range(3):  # Serve asks again after each back-off
+        asyncio.run(router.choose_replicas(replicas, pending))  # type: ignore[attr-defined]
+    assert router.decisions == {"room": 0, "all_full": 1}  # type: ignore[attr-defined]
