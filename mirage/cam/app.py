@@ -217,8 +217,7 @@ class CamApp:
         self.swapped_written = 0
         self.fallback_written = 0
         self.sessions = 0
-        #: Waits after "server full" (the server's hint, back-off, jitter); reset once connected.
-        self.retry = RetryPolicy(initial_s=settings.backoff_initial_s, max_s=settings.backoff_max_s, give_up_after_s=None)
+        #: Waits after "server full" so far (the server's hint, back-off, jitter); reset once connected.
         self.full_retries = 0
         #: Sessions moved to another replica because theirs went away (server_shutdown / close 1001).
         self.moves = 0
@@ -296,6 +295,7 @@ class CamApp:
 
     async def _connection_loop(self) -> None:
         backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        retry = RetryPolicy(initial_s=self.settings.backoff_initial_s, max_s=self.settings.backoff_max_s, give_up_after_s=None)
         ever_connected = False
         while True:
             if self.state != SERVER_FULL:  # "server full" stays on the badge while we retry
@@ -317,7 +317,7 @@ class CamApp:
                 delay = backoff.next()
                 if exc.code == "server_full":
                     # Never before the server's hint; jitter so clients refused together spread out.
-                    delay = self.retry.delay(self.full_retries, retry_hint(exc))
+                    delay = retry.delay(self.full_retries, retry_hint(exc))
                     self.full_retries += 1
                     self.state = SERVER_FULL
                     self.status.notice(f"The server is full; trying again in {delay:.0f} s{self._meanwhile()}.")
