@@ -37,6 +37,14 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def trim_heap() -> bool:
+    """Trim once, here (blocking: a few ms); True when the C library gave memory back."""
+    return bool(_MALLOC_TRIM(0)) if _MALLOC_TRIM is not None else False
+
+
 @dataclass
 class TrimStats:
     trims: int = 0
@@ -50,7 +58,7 @@ class HeapTrimmer:
     def __init__(self, interval_s: float = 30.0, active: Callable[[], bool] = lambda: True) -> None:
         self.interval_s = interval_s
         self._active = active
-        self._trim = _load_malloc_trim()
+        self._trim = _MALLOC_TRIM
         self._task: asyncio.Task[None] | None = None
         self.stats = TrimStats()
 
@@ -63,7 +71,7 @@ class HeapTrimmer:
         if self._trim is None:
             return False
         start = time.perf_counter()
-        released = bool(self._trim(0))
+        released = trim_heap()
         self.stats.trims += 1
         self.stats.released += int(released)
         self.stats.last_ms = (time.perf_counter() - start) * 1000.0

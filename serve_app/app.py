@@ -184,6 +184,8 @@ class IngressArgs(DeploymentArgs):
     #: own policy on target_ongoing_requests.
     autoscale_on: Literal["sessions", "requests"] = "sessions"
     spare_slots: int = Field(2, ge=0, le=64)
+    #: Seconds between returns of freed heap memory to the system (mirage/memtrim.py); 0 = never.
+    heap_trim_interval_s: float = Field(30.0, ge=0.0, le=3600.0)
 
     def routing_options(self, cap: int) -> dict[str, Any]:
         """The ingress's request_router_config and, with autoscaling, its policy (serve_app.routing)."""
@@ -407,7 +409,9 @@ def build_app_with(
         name="MirageIngress",
         graceful_shutdown_timeout_s=ingress_args.graceful_shutdown_timeout_s,
         **ingress_opts,
-    ).bind(handles, settings, IngressConfig(detector_model=d.model, mesh=mesh, stages=stages))
+    ).bind(handles, settings, IngressConfig(
+        detector_model=d.model, mesh=mesh, stages=stages, heap_trim_interval_s=args.ingress.heap_trim_interval_s
+    ))
     logger.info(
         "Mirage app: %d session(s) per ingress replica (max_ongoing_requests %d), detector %s, badge %s, "
         "fallback %s, voice for new sessions %s",

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from mirage.memtrim import trim_heap
 from mirage.pipeline.models import SWAPPER, ModelClient
 from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.types import SwapOptions
@@ -98,12 +99,7 @@ def release_freed_memory() -> None:
     A 10 MB reference passes through several buffers (WebSocket frame, JSON text, base64, bytes);
     once freed, glibc's raised mmap threshold keeps them in the heap and the replica's RSS stays up.
     """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
 
 
 def open_peer_connections() -> int:
