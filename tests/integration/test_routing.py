@@ -65,6 +65,7 @@ def routed(served: ServedApp) -> Iterator[RoutedApp]:
             "detector": {"num_cpus": 0.05, "batch_wait_timeout_s": 0.005},
             "swapper": {"num_cpus": 0.05, "batch_wait_timeout_s": 0.005},
             "voice": {"num_cpus": 0.05},
+            "enhancer": {"num_cpus": 0.05},
             "ingress": {
                 "num_cpus": 0.05,
                 "max_sessions_per_replica": CAP,

@@ -210,6 +210,7 @@ def _config(path: Path, http_port: int) -> Path:
                 "detector": models,
                 "swapper": models,
                 "voice": {"num_cpus": 0.05, "resources": {"mirage_head": 0.05}},
+                "enhancer": {"num_cpus": 0.05, "resources": {"mirage_head": 0.05}},
                 "ingress": {"num_cpus": 0.1, "resources": {"mirage_head": 0.1}, "max_sessions_per_replica": 2,
                             "graceful_shutdown_timeout_s": 3},
                 "session": {"deadline_ms": 150, "idle_timeout_s": 10, "max_fps": 15},
