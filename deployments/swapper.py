@@ -11,8 +11,11 @@ cache live in ``mirage.pipeline.identity``; this module adds batching,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ray import serve
@@ -28,6 +31,22 @@ __all__ = ["FaceSwapper", "IdentityCache", "SwapEngine", "SwapperConfig"]
 logger = logging.getLogger(__name__)
 
 
+def _with_model_settings(config: SwapperConfig, env: Mapping[str, str]) -> SwapperConfig:
+    """The replica's edge: InSwapper's model store and runtime settings from its environment, where unset."""
+    if not config.inswapper:
+        return config
+    from mirage.runtime.onnx import OrtConfig  # onnxruntime stays off a mesh-only replica
+    from mirage.runtime.select import RuntimeConfig
+    from mirage.weights.provision import ProvisionConfig
+
+    return dataclasses.replace(
+        config,
+        provision=config.provision or ProvisionConfig.from_env(env),
+        ort=config.ort or OrtConfig.from_env(env),
+        runtime=config.runtime or RuntimeConfig.from_env(env),
+    )
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5},
     max_ongoing_requests=4 * DEFAULT_MAX_BATCH_SIZE,
@@ -37,7 +56,7 @@ logger = logging.getLogger(__name__)
 class FaceSwapper:
     def __init__(self, config: SwapperConfig | None = None) -> None:
         enable_info_logs()
-        self.core = SwapEngine(config)
+        self.core = SwapEngine(_with_model_settings(config or SwapperConfig(), os.environ))
         self._metrics = BatchMetrics("swapper")
         self._batching = BatchingConfig()
         self._decodes = asyncio.Semaphore(max(1, self.core.config.max_concurrent_decodes))

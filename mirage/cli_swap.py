@@ -62,9 +62,13 @@ def _kind(path: Path) -> str | None:
 def _load_neural(args: argparse.Namespace) -> NeuralSwap | None:
     if args.swapper != "inswapper":
         return None
+    # The CLI is an edge: where models live and how they run come from the environment here.
+    from mirage.runtime.onnx import OrtConfig
+    from mirage.runtime.select import RuntimeConfig
     from mirage.swap.neural import load_neural_swap
+    from mirage.weights.provision import ModelStore, ProvisionConfig
 
-    return load_neural_swap()
+    return load_neural_swap(ModelStore(ProvisionConfig.from_env()), OrtConfig.from_env(), RuntimeConfig.from_env())
 
 
 def _load_enhancer(name: str) -> Any:

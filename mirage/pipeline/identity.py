@@ -31,7 +31,10 @@ from mirage.swap.mesh import MeshSwapConfig, MeshSwapper
 from mirage.types import FaceLandmarks, Identity, Image, LatentIdentity, SwapperName
 
 if TYPE_CHECKING:  # ONNX Runtime is imported only when the neural path is used
+    from mirage.runtime.onnx import OrtConfig
+    from mirage.runtime.select import RuntimeConfig
     from mirage.swap.neural import NeuralSwap
+    from mirage.weights.provision import ProvisionConfig
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +96,15 @@ class SwapperConfig:
     reference_decode_side: int = 2048
     #: Reference decodes that may run at once on one replica (the rest wait their turn).
     max_concurrent_decodes: int = 2
+    #: Where models live and how InSwapper's models pick a runtime, read from the environment at
+    #: the edge (FaceSwapper's constructor); ``None``: no model store, so no InSwapper.
+    provision: ProvisionConfig | None = None
+    ort: OrtConfig | None = None
+    runtime: RuntimeConfig | None = None
 
 
-def load_inswapper() -> tuple[NeuralSwap | None, str | None]:
-    """The neural swap path when its weights are already provisioned, else (None, reason).
+def load_inswapper(config: SwapperConfig) -> tuple[NeuralSwap | None, str | None]:
+    """The neural swap path when its weights are already provisioned in ``config.provision``, else (None, reason).
 
     Never downloads here (a replica must start fast and offline); provisioning
     is ``python -m mirage models fetch`` or the start-up provisioning step.
@@ -104,19 +112,23 @@ def load_inswapper() -> tuple[NeuralSwap | None, str | None]:
     (the one with a compiled engine first) and never fetches one either.
     """
     try:
+        from mirage.runtime.onnx import OrtConfig
+        from mirage.runtime.select import RuntimeConfig
         from mirage.swap.neural import INSWAPPER_NAMES, load_neural_swap
-        from mirage.weights.provision import ModelStore, ProvisionConfig
+        from mirage.weights.provision import ModelStore
     except ImportError as exc:
         return None, f"the neural swap path is not installed ({type(exc).__name__})"
+    if config.provision is None:
+        return None, "no model store was given to this swapper"
     try:
-        store = ModelStore(ProvisionConfig.from_env())
+        store = ModelStore(config.provision)
         needed = ["scrfd_10g", "arcface_w600k_r50"]
         if not any(store.path(name).is_file() for name in INSWAPPER_NAMES):
             return None, "InSwapper weights are not provisioned (python -m mirage models fetch inswapper_128_fp16)"
         missing = [name for name in needed if not store.path(name).is_file()]
         if missing:
             return None, f"{', '.join(missing)} not provisioned (python -m mirage models fetch {' '.join(missing)})"
-        return load_neural_swap(store), None
+        return load_neural_swap(store, config.ort or OrtConfig(), config.runtime or RuntimeConfig()), None
     except MirageError as exc:
         return None, str(exc)
 
@@ -187,7 +199,7 @@ class SwapEngine:
         self.inswapper: NeuralSwap | None = neural
         self.inswapper_reason: str | None = None
         if neural is None:
-            self.inswapper, self.inswapper_reason = load_inswapper() if self.config.inswapper else (None, "disabled")
+            self.inswapper, self.inswapper_reason = load_inswapper(self.config) if self.config.inswapper else (None, "disabled")
         if self.inswapper is None:
             logger.info("InSwapper unavailable (%s); the mesh swapper serves every session", self.inswapper_reason)
         # The short-range detector misses the small faces of a group photo (and then finds a bogus one

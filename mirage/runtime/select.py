@@ -126,6 +126,8 @@ class RuntimeConfig:
     sample_shapes: Mapping[str, Mapping[str, Sequence[int]]] | None = None
     #: Run a model that lands on ONNX Runtime CUDA once per batch size 1..max at load (:func:`warm_up`).
     warm_cuda: bool = True
+    #: ``MIRAGE_ENGINE_DIR``: where compiled engines are; ``None``: ``<models dir>/engines``.
+    engine_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -133,7 +135,8 @@ class RuntimeConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-        """``MIRAGE_CUDA_ONLY`` (0), ``MIRAGE_TRT_PRECISION`` (fp16), ``MIRAGE_TRT_MAX_BATCH`` (8), ``MIRAGE_TRT_OPT_BATCH`` (max/2)."""
+        """``MIRAGE_CUDA_ONLY`` (0), ``MIRAGE_TRT_PRECISION`` (fp16), ``MIRAGE_TRT_MAX_BATCH`` (8),
+        ``MIRAGE_TRT_OPT_BATCH`` (max/2), ``MIRAGE_ENGINE_DIR`` (``<models dir>/engines``)."""
         env = os.environ if environ is None else environ
         precision = read_choice(env, "MIRAGE_TRT_PRECISION", "fp16", PRECISIONS)
         max_batch = read_int(env, "MIRAGE_TRT_MAX_BATCH", DEFAULT_MAX_BATCH, lo=1, hi=1024)
@@ -142,6 +145,7 @@ class RuntimeConfig:
             precision=precision,
             profile=BatchProfile.up_to(max_batch, opt),
             cuda_only=read_bool(env, "MIRAGE_CUDA_ONLY", False),
+            engine_dir=Path(engine_dir) if (engine_dir := read_str(env, "MIRAGE_ENGINE_DIR")) else None,
         )
 
 

@@ -38,7 +38,7 @@ from mirage.runtime.select import (
 from mirage.runtime.served import batch_dynamic_copy, prepared_served_onnx, served_onnx
 from mirage.runtime.tensorrt import find_engine, make_engine_key
 from mirage.swap.inswapper import InSwapper, InSwapperIdentityBuilder
-from mirage.weights.provision import ModelStore, ProvisionConfig
+from mirage.weights.provision import ModelStore
 
 __all__ = [
     "INSWAPPER_NAMES",
@@ -112,7 +112,7 @@ def _has_engine(
 
 def choose_inswapper(
     store: ModelStore,
-    runtime: RuntimeConfig | None = None,
+    runtime: RuntimeConfig,
     accelerators: Accelerators | None = None,
     *,
     engine_dir: Path | None = None,
@@ -123,9 +123,8 @@ def choose_inswapper(
     A file with a compiled TensorRT engine for this server comes first; otherwise fp16
     on a GPU, fp32 on a CPU (where it runs faster); otherwise whichever is present.
     """
-    runtime = runtime or RuntimeConfig.from_env()
     acc = accelerators if accelerators is not None else probe_accelerators()
-    engines = engine_dir if engine_dir is not None else default_engine_dir(store.root)
+    engines = engine_dir if engine_dir is not None else runtime.engine_dir or default_engine_dir(store.root, {})
     present: dict[str, Path] = {}
     for name in INSWAPPER_NAMES:
         try:
@@ -159,20 +158,17 @@ def choose_inswapper(
 
 
 def load_neural_swap(
-    store: ModelStore | None = None,
-    ort: OrtConfig | None = None,
-    runtime: RuntimeConfig | None = None,
+    store: ModelStore,
+    ort: OrtConfig,
+    runtime: RuntimeConfig,
     *,
     dynamic: bool = True,
     accelerators: Accelerators | None = None,
 ) -> NeuralSwap:
     """SCRFD, ArcFace and the chosen provisioned InSwapper, each on the best runtime available
     (a prebuilt TensorRT engine, CUDA, then CPU; see mirage/runtime/select.py). Never downloads."""
-    store = store or ModelStore(ProvisionConfig.from_env())
-    ort = ort or OrtConfig.from_env()
-    runtime = runtime or RuntimeConfig.from_env()
     acc = accelerators if accelerators is not None else probe_accelerators()
-    engines = default_engine_dir(store.root)
+    engines = runtime.engine_dir or default_engine_dir(store.root, {})
     chosen = choose_inswapper(store, runtime, acc, engine_dir=engines, dynamic=dynamic)
     scrfd_path = provisioned_path(store, "scrfd_10g")
     arcface_path = provisioned_path(store, "arcface_w600k_r50")

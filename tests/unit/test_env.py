@@ -140,3 +140,43 @@ def test_the_old_lenient_spellings_still_parse() -> None:
     assert RuntimeConfig.from_env({"MIRAGE_CUDA_ONLY": "true"}).cuda_only
     assert OrtConfig.from_env({"MIRAGE_CUDA_ONLY": "on"}).cuda_only
     assert IcePolicy.from_env({"MIRAGE_ICE_HOST_ADDRESSES": " 127.0.0.1 , lo "}).host_addresses == ("127.0.0.1", "lo")
+
+
+# --- deployments read the environment in their constructor (the replica's edge), nothing below does -----
+
+
+def test_swapper_and_voice_replicas_take_model_settings_from_their_environment(tmp_path: object) -> None:
+    from deployments.swapper import SwapperConfig, _with_model_settings
+    from deployments.voice import VoiceCoreConfig
+    from deployments.voice import _with_model_settings as voice_settings
+
+    env = {"MIRAGE_MODELS_DIR": str(tmp_path), "MIRAGE_CUDA_ONLY": "1", "MIRAGE_ORT_THREADS": "3", "MIRAGE_ENGINE_DIR": "/e"}
+    swapper = _with_model_settings(SwapperConfig(), env)
+    assert swapper.provision is not None and str(swapper.provision.models_dir) == str(tmp_path)
+    assert swapper.runtime is not None and swapper.runtime.cuda_only and str(swapper.runtime.engine_dir) == "/e"
+    assert swapper.ort is not None and swapper.ort.intra_op_threads == 3
+    assert _with_model_settings(SwapperConfig(inswapper=False), env) == SwapperConfig(inswapper=False)  # mesh only
+    voice = voice_settings(VoiceCoreConfig(), env)
+    assert voice.provision is not None and voice.runtime is not None and voice.runtime.cuda_only
+    with pytest.raises(ConfigError, match="^MIRAGE_CUDA_ONLY must be"):
+        _with_model_settings(SwapperConfig(), {"MIRAGE_CUDA_ONLY": "sure"})
+
+
+def test_the_library_reads_no_environment_below_the_edges() -> None:
+    """No module under mirage/ (the CLI modules and mirage/env.py aside) reads os.environ itself."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "mirage"
+    readers = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == "env.py" or rel.startswith("cli") or "/cli" in rel or rel.startswith("cam/") or rel.startswith("client/load"):
+            continue  # the edges: CLI entry points (the desktop client and load generator are CLIs too)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv") and isinstance(node.value, ast.Name) \
+                    and node.value.id == "os":
+                # ``env = os.environ if env is None else env`` in a from_env(): the edge's default mapping.
+                readers.append(f"{rel}:{node.lineno}")
+    allowed = {"runtime/onnx.py", "runtime/select.py", "weights/provision.py"}  # from_env(environ=None) defaults
+    assert {r.split(":")[0] for r in readers} <= allowed, readers
