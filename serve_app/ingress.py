@@ -34,6 +34,7 @@ from mirage.pipeline.models import DETECTOR, ENHANCER, SWAPPER, VOICE
 from mirage.pipeline.prepare import FramePreparer
 from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.swap.mesh import MeshSwapConfig
+from mirage.weights.provision import ProvisionConfig
 from serve_app.auth import (
     MISSING_KEY_MESSAGE,
     TOKEN_PREFIX,
@@ -104,7 +105,7 @@ def gpu_report(timeout_s: float = 5.0) -> dict[str, Any]:
     except (subprocess.SubprocessError, OSError) as exc:
         return {"available": False, "message": f"No usable GPU: nvidia-smi failed ({type(exc).__name__})."}
     gpus = []
-    for index, line in enumerate(l for l in out.splitlines() if l.strip()):
+    for index, line in enumerate(row for row in out.splitlines() if row.strip()):
         parts = [p.strip() for p in line.split(",")]
         if len(parts) < 5:
             continue
@@ -150,12 +151,12 @@ def process_report() -> dict[str, Any]:
     return {"pid": os.getpid(), "rss_mb": round(rss_mb, 1), "fds": fds, "threads": threading.active_count()}
 
 
-def models_report(swappers: list[str]) -> dict[str, Any]:
+def models_report(swappers: list[str], provision: ProvisionConfig) -> dict[str, Any]:
     """``/debug/models``: the model store's view (presence, size, licence, sentinel, storage)."""
     from mirage.weights.manifest import load_manifest
-    from mirage.weights.provision import ModelStore, ProvisionConfig
+    from mirage.weights.provision import ModelStore
 
-    store = ModelStore(ProvisionConfig.from_env(), load_manifest())
+    store = ModelStore(provision, load_manifest())
     snapshot = store.debug_snapshot()
     snapshot["pipeline"] = {"swappers": swappers}
     try:
@@ -205,6 +206,8 @@ class MirageIngress:
         self.registry = SessionRegistry(settings.session.max_sessions_per_replica, settings.session.max_pending_sockets)
         self._handles = dict(handles)
         self.models = ServeModelClient(self._handles)
+        #: Where models live, read once here (the replica's edge); /debug/models shows that store.
+        self._provision = ProvisionConfig.from_env()
         #: The VoiceConverter's handle (None: sessions' voices are disguised here, in the ingress).
         self._voice = self._handles.get(VOICE)
         voice = self._voice
@@ -448,7 +451,7 @@ class MirageIngress:
     async def debug_models(self) -> JSONResponse:
         swappers = await self._available_swappers()
         try:
-            body = await asyncio.to_thread(models_report, swappers)
+            body = await asyncio.to_thread(models_report, swappers, self._provision)
             body["enhancers"] = await self._enhancer_models()
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"error": f"model store unavailable: {exc}", "pipeline": {"swappers": swappers}}, 500)
