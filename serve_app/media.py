@@ -16,7 +16,8 @@ import fractions
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
@@ -203,7 +204,7 @@ def video_frame_like(image_bgr: Image, pts: int | None, time_base: fractions.Fra
     return frame
 
 
-async def cancel_and_wait(tasks: list[asyncio.Task[object]] | list[asyncio.Future[object]]) -> None:
+async def cancel_and_wait(tasks: Sequence[asyncio.Future[Any]]) -> None:
     """Cancel tasks and wait for them, swallowing their cancellation and errors."""
     for task in tasks:
         if not task.done():

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from mirage.memtrim import trim_heap
 from mirage.pipeline.models import SWAPPER, ModelClient
@@ -229,7 +229,7 @@ class Session:
                 self._audio_in = track
 
         @pc.on("datachannel")
-        def on_datachannel(channel: Any) -> None:
+        def on_datachannel(channel: RTCDataChannel) -> None:
             if channel.label != "control":
                 return
 
@@ -371,7 +371,7 @@ class Session:
             reply = await asyncio.wait_for(
                 self._ctx.models.call(SWAPPER, "prepare_identity", photo, swapper), IDENTITY_TIMEOUT_S
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ControlError("busy", "Preparing the reference photo took too long; try again.", request_id) from None
         if not reply.ok:
             raise ControlError(reply.code or "bad_reference", reply.message or "The reference photo was refused.", request_id)
@@ -668,7 +668,7 @@ async def _read_offer(ws: Any, ctx: SessionContext, header_key: str | None) -> t
     timeout = settings.session.unauth_timeout_s
     try:
         first = await asyncio.wait_for(ws.receive(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ControlError("bad_request", f"No offer arrived within {timeout:g} s.") from None
     if first.get("type") == "websocket.disconnect":
         return None
