@@ -22,6 +22,7 @@ from ray.serve import Application
 
 from deployments.detector import DetectorConfig, FaceDetector
 from deployments.enhancer import ENHANCER_BATCH_WAIT_S, ENHANCER_MAX_BATCH_SIZE, FaceEnhancer
+from deployments.serve_types import as_deployment
 from deployments.swapper import FaceSwapper, SwapperConfig
 from deployments.voice import VOICE_BATCH_WAIT_S, VOICE_MAX_BATCH_SIZE, VoiceConverter
 from mirage.enhance import EnhancerConfig
@@ -305,7 +306,7 @@ class ModelDeployment:
 
 def _bind_detector(args: AppArgs, settings: Settings) -> Any:
     d = args.detector
-    return FaceDetector.options(
+    return as_deployment(FaceDetector).options(
         name=DETECTOR,
         user_config=d.user_config(),
         **d.serve_options(d.default_max_ongoing(2), args.replica_env_vars()),
@@ -314,7 +315,7 @@ def _bind_detector(args: AppArgs, settings: Settings) -> Any:
 
 def _bind_swapper(args: AppArgs, settings: Settings) -> Any:
     w = args.swapper
-    return FaceSwapper.options(
+    return as_deployment(FaceSwapper).options(
         name=SWAPPER,
         user_config=w.user_config(),
         **w.serve_options(w.default_max_ongoing(1), args.replica_env_vars()),
@@ -332,7 +333,7 @@ def _bind_swapper(args: AppArgs, settings: Settings) -> Any:
 
 def _bind_voice(args: AppArgs, settings: Settings) -> Any:
     v = args.voice
-    return VoiceConverter.options(
+    return as_deployment(VoiceConverter).options(
         name=VOICE,
         user_config=v.user_config(),
         **v.serve_options(v.default_max_ongoing(2), args.replica_env_vars()),
@@ -341,7 +342,7 @@ def _bind_voice(args: AppArgs, settings: Settings) -> Any:
 
 def _bind_enhancer(args: AppArgs, settings: Settings) -> Any:
     e = args.enhancer
-    return FaceEnhancer.options(
+    return as_deployment(FaceEnhancer).options(
         name=ENHANCER,
         user_config=e.user_config(),
         **e.serve_options(e.default_max_ongoing(1), args.replica_env_vars()),
@@ -405,7 +406,7 @@ def build_app_with(
 
     ingress_opts = ingress_args.serve_options(max_ongoing, args.replica_env_vars())
     ingress_opts.update(ingress_args.routing_options(cap))  # session-aware router, autoscaling on sessions
-    ingress = MirageIngress.options(
+    ingress = as_deployment(MirageIngress).options(
         name="MirageIngress",
         graceful_shutdown_timeout_s=ingress_args.graceful_shutdown_timeout_s,
         **ingress_opts,
