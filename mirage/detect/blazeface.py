@@ -16,8 +16,9 @@ small faces, e.g. in a group photo.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -96,8 +97,9 @@ def anchor_centres(spec: _AnchorSpec) -> npt.NDArray[np.float32]:
     return np.concatenate(chunks).astype(np.float32)
 
 
-def weighted_nms(boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32],
-                 keypoints: npt.NDArray[np.float32], iou_threshold: float) -> list[tuple[npt.NDArray[np.float32], float, npt.NDArray[np.float32]]]:
+def weighted_nms(
+    boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], keypoints: npt.NDArray[np.float32], iou_threshold: float
+) -> list[tuple[npt.NDArray[np.float32], float, npt.NDArray[np.float32]]]:
     """MediaPipe-style weighted NMS: each cluster (IoU > threshold with its best box)
     becomes the score-weighted mean of its boxes and keypoints, with the best score."""
     order = np.argsort(-scores, kind="stable")
@@ -128,6 +130,7 @@ def _check_image(image: Image) -> None:
     if image.dtype != np.uint8:
         raise InvalidImageError(f"Expected a uint8 image, got dtype {image.dtype}.")
 
+
 def input_size(model: str) -> int:
     """The square input side of a BlazeFace model (``short`` or ``full``), without loading it."""
     if model not in _SPECS:
@@ -149,7 +152,6 @@ def letterbox(image_bgr: Image, size: int) -> DetectorInput:
     # Use the exact per-axis scale of the resize so boxes map back without drift.
     sx, sy = new_w / w, new_h / h
     return DetectorInput(tensor=tensor, scale=float((sx + sy) / 2), pad_x=float(pad_x), pad_y=float(pad_y))
-
 
 
 class BlazeFaceDetector:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -98,6 +98,7 @@ def roi_matrix(roi: FaceRoi, out_size: int = MESH_INPUT_SIZE) -> Affine:
     t = np.array([out_size / 2, out_size / 2]) - a @ np.array([roi.center_x, roi.center_y])
     return np.hstack([a, t[:, None]]).astype(np.float32)
 
+
 def mesh_input(image_bgr: Image, roi: FaceRoi) -> MeshInput:
     """The ROI cut out of a BGR frame into FaceMesh's 192x192 RGB input; no model needed."""
     if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
@@ -107,8 +108,7 @@ def mesh_input(image_bgr: Image, roi: FaceRoi) -> MeshInput:
     matrix = roi_matrix(roi)
     crop = cv2.warpAffine(image_bgr, matrix, (MESH_INPUT_SIZE, MESH_INPUT_SIZE), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    return MeshInput(tensor=cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), matrix=matrix)
-
+    return MeshInput(tensor=np.asarray(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), np.uint8), matrix=matrix)
 
 
 class FaceMeshLandmarker:
