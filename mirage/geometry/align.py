@@ -104,7 +104,7 @@ def align_face(image: Image, keypoints5: npt.ArrayLike, size: int) -> FaceCrop:
         image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
     return FaceCrop(
-        image=crop,
+        image=np.asarray(crop, np.uint8),
         matrix=matrix,
         frame_box=crop_extent_in_frame(matrix, size),
         landmarks=transform_points(kps, matrix),
@@ -129,7 +129,7 @@ def square_crop(image: Image, box: npt.ArrayLike, size: int, margin: float = 0.2
         image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
     frame_box = np.array([left, top, left + side, top + side], dtype=np.float32)
-    return FaceCrop(image=crop, matrix=matrix, frame_box=frame_box)
+    return FaceCrop(image=np.asarray(crop, np.uint8), matrix=matrix, frame_box=frame_box)
 
 
 def with_mesh(crop: FaceCrop, face: FaceLandmarks) -> FaceCrop:

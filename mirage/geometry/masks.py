@@ -67,7 +67,8 @@ def fill_polygon(shape: tuple[int, int], polygon: Points) -> FloatMask:
 
 def _scaled_about_centroid(polygon: Points, factor: float) -> Points:
     centre = polygon.mean(axis=0)
-    return (centre + (polygon - centre) * factor).astype(np.float32)
+    scaled: Points = (centre + (polygon - centre) * factor).astype(np.float32)
+    return scaled
 
 
 def face_outline(points_xy: Points, forehead: float, coverage: float) -> Points:
@@ -105,12 +106,12 @@ def _blur(mask: FloatMask, sigma: float) -> FloatMask:
     """Gaussian blur; a wide one runs on a reduced copy (the result is smooth at that scale anyway)."""
     factor = int(sigma // 2.0)
     if factor < 2:
-        return cv2.GaussianBlur(mask, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+        return np.asarray(cv2.GaussianBlur(mask, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT), np.float32)
     height, width = mask.shape[:2]
     small = cv2.resize(mask, (max(1, width // factor), max(1, height // factor)), interpolation=cv2.INTER_AREA)
     small = cv2.copyMakeBorder(small, 4, 4, 4, 4, cv2.BORDER_CONSTANT, value=0.0)
     blurred = cv2.GaussianBlur(small, (0, 0), sigma / factor, borderType=cv2.BORDER_CONSTANT)[4:-4, 4:-4]
-    return cv2.resize(blurred, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.asarray(cv2.resize(blurred, (width, height), interpolation=cv2.INTER_LINEAR), np.float32)
 
 
 def soften_inside(hard: FloatMask, width: float) -> FloatMask:
@@ -126,7 +127,8 @@ def soften_inside(hard: FloatMask, width: float) -> FloatMask:
     sigma = width / 1.6
     blurred = _blur(hard, sigma)
     t = np.clip((blurred - 0.55) * (1.0 / 0.42), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    ramp: FloatMask = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    return ramp
 
 
 def live_mouth_weight(points_xy: Points, config: MaskConfig) -> float:
@@ -168,7 +170,7 @@ def _feature_polygons(xy: Points) -> list[Points]:
     ]
     polygons = []
     for group in groups:
-        hull = cv2.convexHull(np.asarray(xy, dtype=np.float32)[group]).reshape(-1, 2)
+        hull = np.asarray(cv2.convexHull(np.asarray(xy, dtype=np.float32)[group]), np.float32).reshape(-1, 2)
         polygons.append(_scaled_about_centroid(hull, 1.15))
     return polygons
 
@@ -207,7 +209,7 @@ def skin_validity(texture: Image, xy: Points, inner: float = 0.72) -> npt.NDArra
         skin = cv2.morphologyEx(skin, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
         valid = np.where(core, 1.0, skin) * outline
     out = np.clip(np.rint(valid * 255.0), 0, 255).astype(np.uint8)
-    return out if factor == 1 else cv2.resize(out, full, interpolation=cv2.INTER_LINEAR)
+    return out if factor == 1 else np.asarray(cv2.resize(out, full, interpolation=cv2.INTER_LINEAR), np.uint8)
 
 
 def _holes_grown(valid: FloatMask, outline: FloatMask, width: float) -> FloatMask:
@@ -223,7 +225,8 @@ def _holes_grown(valid: FloatMask, outline: FloatMask, width: float) -> FloatMas
         return valid
     grow = max(1, int(round(width * 0.5)))
     grown = cv2.dilate(holes, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-    return np.minimum(valid, 1.0 - grown.astype(np.float32))
+    trimmed: FloatMask = np.minimum(valid, 1.0 - grown.astype(np.float32))
+    return trimmed
 
 
 def blend_mask(

@@ -70,7 +70,7 @@ def feather_mask(mask: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     eroded = cv2.erode(
         m, np.ones((erode, erode), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0.0
     )
-    return cv2.GaussianBlur(eroded, (2 * blur + 1, 2 * blur + 1), 0, borderType=cv2.BORDER_CONSTANT)
+    return np.asarray(cv2.GaussianBlur(eroded, (2 * blur + 1, 2 * blur + 1), 0, borderType=cv2.BORDER_CONSTANT), np.float32)
 
 
 def blended_face(
@@ -141,12 +141,12 @@ def _paste_into(out: Image, crop: FaceCrop, swapped: SwappedFace, options: SwapO
     else:
         inverse = cv2.invertAffineTransform(matrix)
         inverse[:, 2] -= (x0, y0)  # map straight into the region, not the whole frame
-        face = cv2.warpAffine(
+        face = np.asarray(cv2.warpAffine(
             face_crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-        )
-        alpha2 = cv2.warpAffine(
+        ), np.uint8)
+        alpha2 = np.asarray(cv2.warpAffine(
             mask_crop, inverse, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-        )
+        ), np.float32)
     alpha = np.clip(alpha2, 0.0, 1.0).astype(np.float32)
     region = out[y0:y1, x0:x1]
     out[y0:y1, x0:x1] = cv2.blendLinear(face, region, alpha, 1.0 - alpha)

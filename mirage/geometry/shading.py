@@ -86,7 +86,7 @@ class _NormalisedLowPass:
         )
         blurred = cv2.GaussianBlur(reduced * self._weight[:, :, None], (0, 0), self._sigma)
         normalised = blurred.reshape(self._small[1], self._small[0], depth) / self._norm[:, :, None]
-        full = cv2.resize(normalised, self._full, interpolation=cv2.INTER_LINEAR)
+        full = np.asarray(cv2.resize(normalised, self._full, interpolation=cv2.INTER_LINEAR), np.float32)
         return full.reshape(self._full[1], self._full[0], depth)
 
 

@@ -224,7 +224,8 @@ def similarity_3d(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64]) ->
     rotation = u @ np.diag(d) @ vt
     var = float((sc**2).sum() / len(src))
     scale = float((sv * d).sum() / var) if var > 0 else 1.0
-    return (sc @ rotation.T) * scale + dst_mean
+    fitted: npt.NDArray[np.float64] = (sc @ rotation.T) * scale + dst_mean
+    return fitted
 
 
 def _shape_weights(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -253,7 +254,8 @@ def reference_shape_in_pose(
     ref = np.concatenate([identity.landmarks.astype(np.float64), identity.depth.astype(np.float64)[:, None]], axis=1)
     fitted = similarity_3d(ref, live)[:, :2]
     weight = amount * _shape_weights(live[:, :2])
-    return (live[:, :2] + weight[:, None] * (fitted - live[:, :2])).astype(np.float32)
+    moved: Points = (live[:, :2] + weight[:, None] * (fitted - live[:, :2])).astype(np.float32)
+    return moved
 
 
 def fill_from_neighbours(map_xy: npt.NDArray[np.float32], covered: npt.NDArray[np.float32], cells: npt.NDArray[np.bool_]) -> None:
@@ -292,7 +294,9 @@ class MeshSwapper:
         """The reference face as texture + mesh, cut out of the reference photo at its own resolution."""
         cfg = self.config
         matrix, size = face_crop_matrix(landmarks.xy, cfg.margin, cfg.texture_max)
-        texture = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        texture = np.asarray(
+            cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE), np.uint8
+        )
         xy = transform_points(landmarks.xy, matrix)
         if mouth_openness(xy) > cfg.mouth_inpaint:
             texture = close_mouth(texture, xy)
@@ -312,7 +316,9 @@ class MeshSwapper:
         """A square crop around the live face, with its mesh (and depth) in crop coordinates."""
         xy = landmarks.xy
         matrix, size = face_crop_matrix(xy, self.config.margin, self.config.max_crop)
-        image = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        image = np.asarray(
+            cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), np.uint8
+        )
         lo = xy.min(axis=0)
         hi = xy.max(axis=0)
         frame_box = np.array([lo[0], lo[1], hi[0], hi[1]], dtype=np.float32)
@@ -509,7 +515,7 @@ def close_mouth(texture: Image, xy: Points) -> Image:
     width = float(np.ptp(xy[list(LIPS_OUTER)][:, 0]))
     grow = max(1, int(round(width * 0.04)))
     hole = cv2.dilate((inner > 0.05).astype(np.uint8) * 255, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-    return cv2.inpaint(texture, hole, max(3, grow * 2), cv2.INPAINT_TELEA)
+    return np.asarray(cv2.inpaint(texture, hole, max(3, grow * 2), cv2.INPAINT_TELEA), np.uint8)
 
 
 def barycentric_inverse(tri: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
