@@ -28,6 +28,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Lint and types first (ruff + mypy --strict): a finding fails the run before any test starts.
+scripts/lint.sh
+
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
