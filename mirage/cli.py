@@ -17,7 +17,7 @@ from pathlib import Path
 from mirage.errors import MirageError
 
 
-def _add_swap_parser(sub: argparse._SubParsersAction) -> None:
+def _add_swap_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("swap", help="swap faces in an image or a video file")
     p.add_argument("--reference", required=True, type=Path, help="photo of the face to put on (JPEG/PNG/WebP)")
     p.add_argument("--input", required=True, type=Path, help="image (.jpg/.png/.webp) or video (.mp4/.mov/.mkv/.webm)")
@@ -44,7 +44,7 @@ def _add_swap_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar for videos")
 
 
-def _add_dynamic_batch_parser(sub: argparse._SubParsersAction) -> None:
+def _add_dynamic_batch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("dynamic-batch", help="rewrite an ONNX model's batch dimension to dynamic")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)

@@ -160,6 +160,8 @@ class DesktopSession(MirageSession):
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, av.AudioFrame):  # an audio track yields audio frames only
+                continue
             self.stats.audio_frames += 1
             if self.on_audio is not None:
                 try:
@@ -183,7 +185,7 @@ def unstamp(frame: Image, sender_width: int) -> Image:
 def prepare_received(image: Image, size: tuple[int, int], sender_width: int) -> Image:
     """A received swapped frame at the output size, its stamp band hidden."""
     if (image.shape[1], image.shape[0]) != size:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), np.uint8)
     else:
         image = image.copy()
     return unstamp(image, sender_width)

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 MIN_WIDTH = 320
 
 
-def add_cam_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_cam_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register ``cam`` on the CLI's subparsers (imports nothing heavy)."""
     p = subparsers.add_parser(
         "cam",

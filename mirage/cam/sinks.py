@@ -112,7 +112,7 @@ def open_sink(spec: SinkSpec, width: int, height: int, fps: float) -> VideoSink:
 def _fit(frame: Image, size: tuple[int, int]) -> Image:
     if (frame.shape[1], frame.shape[0]) == size:
         return frame
-    return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+    return np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR), np.uint8)
 
 
 class VirtualCamSink:
@@ -148,7 +148,7 @@ class VirtualCamSink:
 def opencv_has_gui() -> bool:
     """Whether the installed OpenCV was built with a GUI back-end (the headless wheel has none)."""
     match = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
-    return bool(match) and match.group(1).upper() != "NONE"
+    return match is not None and match.group(1).upper() != "NONE"
 
 
 class WindowSink:
