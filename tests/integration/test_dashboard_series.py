@@ -89,6 +89,9 @@ def fallback_app(served: ServedApp) -> Iterator[str]:
             "ingress": {"max_sessions_per_replica": 1, "num_cpus": 0.1, "graceful_shutdown_timeout_s": 5.0},
             "detector": {"num_cpus": 0.1},
             "swapper": {"num_cpus": 0.1},
+            # With the shared app (1.5 CPUs) and the lone converter below, this fits Ray's 2 CPUs.
+            "voice": {"num_cpus": 0.05},
+            "enhancer": {"num_cpus": 0.05},
             "session": {"deadline_ms": 1.0},  # every model call is late: every frame falls back
         }))
     finally:
@@ -110,7 +113,7 @@ def _voice_chunks(count: int) -> int:
     from mirage.voice.convert import VoiceCoreConfig
     from mirage.voice.stream import VoiceStream
 
-    app = VoiceConverter.options(ray_actor_options={"num_cpus": 0.1}).bind(VoiceCoreConfig(rvc=False))
+    app = VoiceConverter.options(ray_actor_options={"num_cpus": 0.05}).bind(VoiceCoreConfig(rvc=False))
     handle = serve.run(app, name=VOICE_APP, route_prefix=None)
     try:
         stream = VoiceStream(parse_voice("disguise"))
