@@ -74,10 +74,11 @@ def _load_neural(args: argparse.Namespace) -> NeuralSwap | None:
 def _load_enhancer(name: str) -> Any:
     """The enhancer bank holding ``name`` (weights from the models directory), or a one-sentence error."""
     from mirage.enhance import ENHANCER_NAMES, EnhancerBank, EnhancerConfig
+    from mirage.weights.provision import ModelStore, ProvisionConfig
 
     if name not in ENHANCER_NAMES:
         raise MirageError(f"Unknown enhancer {name[:40]!r}; use none or one of {', '.join(ENHANCER_NAMES)}.")
-    bank = EnhancerBank.load(EnhancerConfig(names=(name,)))
+    bank = EnhancerBank.load(EnhancerConfig(names=(name,)), store=ModelStore(ProvisionConfig.from_env()))
     if name not in bank.available():
         why = bank.reason(name).rstrip(".") or f"provision it with `python -m mirage models fetch {name}`"
         raise ModelUnavailableError(f"The enhancer {name} is not available here: {why}.")

@@ -98,10 +98,8 @@ class EnhancerBank:
         if store is None:
             if config.models_dir is not None:
                 store = offline_store(Path(config.models_dir), Path(config.manifest) if config.manifest else None)
-            else:
-                from mirage.weights.provision import ProvisionConfig  # the edge: environment read here once
-
-                store = ModelStore(ProvisionConfig.from_env())
+            else:  # the environment is read at the edges (CLI, deployment), never here
+                raise ValueError("EnhancerBank.load needs a model store or config.models_dir")
         present = available_enhancers(store)
         wanted = list(config.names) if config.names is not None else present
         ort = OrtConfig(intra_op_threads=max(1, config.num_threads))

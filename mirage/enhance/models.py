@@ -42,11 +42,10 @@ def offline_store(models_dir: Path, manifest: Manifest | Path | None = None) -> 
     return ModelStore(config, loaded)
 
 
-def _store(source: ModelStore | Path | None) -> ModelStore:
+def _store(source: ModelStore | Path) -> ModelStore:
+    """The store for ``source`` (the environment is read at the edges, never here)."""
     if isinstance(source, ModelStore):
         return source
-    if source is None:
-        return ModelStore(ProvisionConfig.from_env())
     return offline_store(Path(source))
 
 
@@ -76,11 +75,11 @@ def provisioned_enhancer_path(store: ModelStore, name: str) -> Path:
     )
 
 
-def available_enhancers(source: ModelStore | Path | None = None) -> list[str]:
+def available_enhancers(source: ModelStore | Path) -> list[str]:
     """The enhancers whose weights are provisioned (present, size as pinned), in :data:`ENHANCER_NAMES` order.
 
-    ``source``: a :class:`ModelStore`, a models directory (read as it is), or None
-    (``ProvisionConfig.from_env()``: call it at an edge).
+    ``source``: a :class:`ModelStore` (built at an edge from ``ProvisionConfig.from_env()``)
+    or a models directory (read as it is).
     """
     store = _store(source)
     found: list[str] = []
@@ -95,7 +94,7 @@ def available_enhancers(source: ModelStore | Path | None = None) -> list[str]:
 
 def load_enhancer(
     name: str,
-    source: ModelStore | Path | None = None,
+    source: ModelStore | Path,
     ort: OrtConfig | None = None,
     runtime: RuntimeConfig | None = None,
     *,
