@@ -86,7 +86,7 @@ def _model_file(name: str, workdir: Path) -> tuple[Path, str]:
 
         return compile_source(name, path), "real"
     sys.path.insert(0, str(ROOT))
-    from tests.standins import build_arcface_standin, build_enhancer_standin, build_inswapper_standin, build_scrfd_standin
+    from standins.models import build_arcface_standin, build_enhancer_standin, build_inswapper_standin, build_scrfd_standin
 
     target = workdir / f"{name}_standin.onnx"
     if name in ENHANCERS:
@@ -227,7 +227,7 @@ def enhancer_bank(names: tuple[str, ...], workdir: Path, standin_size: int | Non
     store = ModelStore(ProvisionConfig.from_env())
     if all(n in available_enhancers(store) for n in names):
         return EnhancerBank.load(EnhancerConfig(names=names), store=store), "real"
-    from tests.standins import write_enhancer_standins
+    from standins.models import write_enhancer_standins
 
     folder = workdir / "enhancer-standins"
     manifest = write_enhancer_standins(folder, names=names, dynamic=False, size=standin_size)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from mirage.voice.config import PRESETS, VoiceParams, parse_voice  # noqa: E402
 from mirage.voice.convert import VoiceChunk, VoiceConverterCore, VoiceCoreConfig  # noqa: E402
 from mirage.voice.dsp import DspVoiceConverter, convert_whole  # noqa: E402
-from tests.voice_speech import SENTENCES, formants_at, median_f0, speak, voiced_times  # noqa: E402
+from standins.speech import SENTENCES, formants_at, median_f0, speak, voiced_times  # noqa: E402
 
 RATE = 48000
 CHUNK = 960
@@ -186,7 +186,7 @@ def hnr(samples: np.ndarray) -> float:
 
 def rvc_core(folder: Path) -> VoiceConverterCore:
     from mirage.voice.rvc import load_rvc_converter
-    from tests.voice_standins import build_contentvec_standin, build_rvc_generator_standin
+    from standins.voice import build_contentvec_standin, build_rvc_generator_standin
 
     cv = build_contentvec_standin(folder / "vec-768-layer-12_standin.onnx")
     build_rvc_generator_standin(folder / "voice" / "bench_standin.onnx")
@@ -235,8 +235,8 @@ def served(x: np.ndarray, seconds: float) -> dict[str, Any]:
     import ray
     from ray import serve
 
+    from benchmarks.bench_served import free_port
     from deployments.voice import VoiceConverter
-    from tests.integration.served import free_port
 
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(REPO), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 * 1024)
@@ -300,12 +300,12 @@ def served_session(seconds: float, order: list[str] | None = None) -> dict[str, 
     import yaml
     from ray import serve
 
+    from benchmarks.bench_served import free_port
     from mirage.client.load import LoadPlan, run_plan
     from mirage.client.session import SessionOptions
     from mirage.client.sources import astronaut_source
     from serve_app.app import AppArgs, build_app
-    from tests.faces import tom_hanks_path
-    from tests.integration.served import free_port
+    from standins.faces import tom_hanks_path
 
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(REPO), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]))
     os.environ.setdefault("MIRAGE_ICE_HOST_ADDRESSES", "127.0.0.1")

@@ -1,4 +1,4 @@
-"""What the benchmarks share (never imported from tests/): the packaged reference photo."""
+"""What the benchmarks share (they never import tests/; stand-ins and faces come from standins/): the packaged reference photo."""
 
 from __future__ import annotations
 

@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from mirage.client.stamp import read_stamp
+from standins.faces import tom_hanks_path
 from tests.browser.bidi import FIREFOX, FirefoxBidi
 from tests.browser.conftest import WebApp
 from tests.browser.swap_check import assert_swapped
-from tests.faces import tom_hanks_path
 from tests.media import astronaut_clip
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from standins.faces import tom_hanks_path
 from tests.browser.conftest import WebApp
-from tests.faces import tom_hanks_path
 from tests.integration.test_turn_relay import relay_app, turn  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from standins.faces import tom_hanks_path
 from tests.browser.conftest import WebApp
 from tests.browser.test_web_client import _start_session
-from tests.faces import tom_hanks_path
 from tests.integration.served import http
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]

@@ -25,9 +25,9 @@ from mirage.client.sources import astronaut_source
 from mirage.client.stamp import read_stamp
 from serve_app.auth import mint_token
 from serve_app.settings import AuthSettings
+from standins.faces import tom_hanks_path
 from tests.browser.conftest import WebApp, launch
 from tests.browser.swap_check import assert_swapped
-from tests.faces import tom_hanks_path
 from tests.integration.served import http
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]

@@ -26,7 +26,7 @@ from mirage.runtime.select import RuntimeConfig, probe_accelerators
 from mirage.runtime.served import SHARED_INPUTS, served_onnx
 from mirage.runtime.tensorrt import BatchProfile, compile_model, make_engine_key
 from mirage.runtime.tensorrt_model import TensorRTModel
-from tests.standins import build_enhancer_standin, write_enhancer_standins
+from standins.models import build_enhancer_standin, write_enhancer_standins
 
 PROFILE = BatchProfile.up_to(8)
 

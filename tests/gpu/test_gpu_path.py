@@ -46,8 +46,8 @@ from mirage.runtime.tensorrt import (
     make_engine_key,
 )
 from mirage.runtime.tensorrt_model import TensorRTModel
-from tests.faces import astronaut_bgr, t1_bgr
-from tests.standins import build_inswapper_standin, build_scrfd_standin
+from standins.faces import astronaut_bgr, t1_bgr
+from standins.models import build_inswapper_standin, build_scrfd_standin
 
 PROFILE = BatchProfile.up_to(8)
 SCRFD_SHAPES = {"input.1": (3, 640, 640)}

@@ -20,7 +20,7 @@ from mirage.runtime.onnx import OrtConfig
 from mirage.runtime.select import RuntimeConfig, load_model, probe_accelerators
 from mirage.runtime.tensorrt import BatchProfile, compile_model, make_engine_key, read_engine_header
 from mirage.runtime.tensorrt_model import TensorRTModel
-from tests.standins import build_inswapper_standin
+from standins.models import build_inswapper_standin
 
 NAME = "inswapper_128"
 PROFILE = BatchProfile.up_to(8)

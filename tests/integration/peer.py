@@ -21,7 +21,7 @@ from mirage.client.session import ClientConfig, MirageSession, SessionOptions
 from mirage.client.sources import astronaut_source
 from mirage.client.stamp import stamp
 from mirage.detect.blazeface import BlazeFaceDetector
-from tests.faces import tom_hanks_path
+from standins.faces import tom_hanks_path
 
 WIDTH, HEIGHT = 640, 480
 #: The server analyses a copy at most 512 px long but sends frames back at the camera's resolution.

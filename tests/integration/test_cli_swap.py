@@ -15,7 +15,7 @@ import pytest
 
 from mirage.client.sources import astronaut_source
 from mirage.video import AtomicVideoWriter, probe_video, read_video_frames
-from tests.faces import astronaut_bgr, t1_bgr, tom_hanks_path
+from standins.faces import astronaut_bgr, t1_bgr, tom_hanks_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mirage.client.load import add_load_parser, run_load
-from tests.faces import tom_hanks_path
+from standins.faces import tom_hanks_path
 from tests.integration.served import REPO, ServedApp
 
 pytestmark = pytest.mark.integration

@@ -47,7 +47,7 @@ from mirage.cam.status import StatusLine
 from mirage.client.session import SessionOptions
 from mirage.client.sources import ArraySource, astronaut_source
 from mirage.video import read_video_frames
-from tests.faces import tom_hanks_path
+from standins.faces import tom_hanks_path
 from tests.media import write_mp4
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,10 +20,10 @@ import pytest
 from mirage.cam.cli import add_cam_arguments, run_cam
 from mirage.voice.audio import read_wav, write_wav_atomic
 from mirage.voice.config import PRESETS
-from tests.faces import tom_hanks_path
+from standins.faces import tom_hanks_path
+from standins.speech import espeak_available, median_f0, speak
 from tests.integration.served import ServedApp
 from tests.media import astronaut_clip, write_mp4
-from tests.voice_speech import espeak_available, median_f0, speak
 
 pytestmark = [
     pytest.mark.integration,

@@ -20,7 +20,7 @@ import pytest
 
 from mirage.enhance import ENHANCER_UNAVAILABLE, EnhanceItem, EnhancerConfig, EnhanceRequest, EnhanceResult
 from mirage.geometry.align import arcface_template
-from tests.standins import write_enhancer_standins
+from standins.models import write_enhancer_standins
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "enhancer-only"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mirage.cli import build_parser
 from mirage.client.load import run_load
-from tests.faces import tom_hanks_path
+from standins.faces import tom_hanks_path
 from tests.integration.served import ServedApp
 
 

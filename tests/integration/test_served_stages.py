@@ -38,7 +38,7 @@ def staged(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from ray import serve
 
     from serve_app.app import AppArgs, ModelDeployment, build_app_with
-    from tests.standins import write_enhancer_standins
+    from standins.models import write_enhancer_standins
 
     models_dir = tmp_path_factory.mktemp("staged-models")
     manifest = write_enhancer_standins(models_dir, names=(STANDIN,), size=128)

@@ -28,9 +28,9 @@ import mirage.client.session as client_session
 from mirage.client.session import MirageSession
 from mirage.voice.audio import mono_to_frame
 from mirage.voice.config import PRESETS
+from standins.speech import SENTENCES, espeak_available, median_f0, speak
 from tests.integration.peer import client_config
 from tests.integration.served import ServedApp
-from tests.voice_speech import SENTENCES, espeak_available, median_f0, speak
 
 pytestmark = [
     pytest.mark.integration,
@@ -196,7 +196,7 @@ def test_load_client_sends_speech_asks_for_a_voice_and_records_it(served: Served
 
     from mirage.client.load import add_load_parser, run_load
     from mirage.voice.audio import read_wav, write_wav_atomic
-    from tests.faces import tom_hanks_path
+    from standins.faces import tom_hanks_path
 
     served.wait_sessions(0, timeout=30)
     # A short phrase: the last loop's length of what comes back is a rotation of the sent loop, so the two

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import mirage.client.session as client_session
+from standins.speech import espeak_available, formants_at, median_f0, rms_db, voiced_times
 from tests.integration.peer import client_config
 from tests.integration.served import ServedApp
 from tests.integration.test_served_voice import (
@@ -33,7 +34,6 @@ from tests.integration.test_served_voice import (
     _best_correlation,
     _between,
 )
-from tests.voice_speech import espeak_available, formants_at, median_f0, rms_db, voiced_times
 
 pytestmark = [
     pytest.mark.integration,

@@ -19,7 +19,7 @@ import pytest
 from mirage.voice.config import parse_voice
 from mirage.voice.convert import VoiceChunk, VoiceConverterCore, VoiceCoreConfig
 from mirage.voice.stream import VoiceStream
-from tests.voice_speech import SENTENCES, espeak_available, median_f0, speak
+from standins.speech import SENTENCES, espeak_available, median_f0, speak
 
 REPO = Path(__file__).resolve().parents[2]
 APP = "voice-only"

@@ -304,7 +304,7 @@ def _large_png(target_bytes: int) -> bytes:
     import cv2
     import numpy as np
 
-    from tests.faces import astronaut_bgr
+    from standins.faces import astronaut_bgr
 
     rng = np.random.default_rng(5)
     rows = max(64, (target_bytes - 2 * 1024 * 1024) // (4096 * 3))  # the flat part and the face: ~2 MB

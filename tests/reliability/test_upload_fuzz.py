@@ -23,7 +23,7 @@ import pytest
 
 from mirage.pipeline.identity import SwapEngine, SwapperConfig
 from serve_app.control import ControlError, decode_reference
-from tests.faces import astronaut_bgr
+from standins.faces import astronaut_bgr
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 

@@ -17,8 +17,8 @@ from mirage.runtime.batch_rewrite import make_batch_dynamic
 from mirage.runtime.onnx import OrtConfig, OrtModel
 from mirage.swap.inswapper import InSwapper, InSwapperIdentityBuilder
 from mirage.types import LatentIdentity
-from tests.faces import astronaut_bgr, t1_bgr
-from tests.standins import (
+from standins.faces import astronaut_bgr, t1_bgr
+from standins.models import (
     build_arcface_standin,
     build_inswapper_standin,
     build_scrfd_constant_standin,

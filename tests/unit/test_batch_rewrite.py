@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from mirage.errors import ModelUnavailableError
 from mirage.runtime.batch_rewrite import check_batch_equivalence, make_batch_dynamic
 from mirage.runtime.onnx import OrtConfig, OrtModel
-from tests.standins import build_inswapper_standin, build_scrfd_standin
+from standins.models import build_inswapper_standin, build_scrfd_standin
 
 CONFIG = OrtConfig()
 

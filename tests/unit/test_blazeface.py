@@ -17,7 +17,7 @@ from mirage.detect.blazeface import (
 )
 from mirage.errors import InvalidImageError
 from mirage.types import Detection
-from tests.faces import astronaut_bgr, t1_bgr
+from standins.faces import astronaut_bgr, t1_bgr
 
 # Face centres in t1.jpg (1280x886), read off the image by eye, left to right.
 T1_FACE_CENTRES = np.array([(110, 332), (320, 220), (514, 348), (778, 410), (935, 138), (1174, 342)], np.float32)

@@ -20,7 +20,7 @@ from mirage.client.session import (
 )
 from mirage.client.sources import astronaut_source
 from mirage.client.stamp import MODULUS
-from tests.faces import tom_hanks_path
+from standins.faces import tom_hanks_path
 
 
 def test_stats_summary_counts_drops_and_repeats() -> None:

@@ -24,7 +24,7 @@ from mirage.runtime.onnx import CPU, CUDA
 from mirage.runtime.select import Accelerators, RuntimeConfig, probe_accelerators
 from mirage.weights.manifest import load_manifest
 from mirage.weights.provision import ModelStore, ProvisionConfig
-from tests.standins import build_inswapper_standin, build_scrfd_standin
+from standins.models import build_inswapper_standin, build_scrfd_standin
 
 GPU_NO_TRT = Accelerators(GpuInfo("NVIDIA A10G", "8.6"), "", "10.16.1.11", "", (CUDA, CPU), "13.0")
 FILES = {

@@ -23,7 +23,7 @@ from mirage.runtime.onnx import (
     provider_name,
 )
 from mirage.runtime.select import warm_up
-from tests.standins import build_inswapper_standin, build_scrfd_standin
+from standins.models import build_inswapper_standin, build_scrfd_standin
 
 
 def _cuda_options(providers: list) -> dict[str, str]:

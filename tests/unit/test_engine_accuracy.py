@@ -24,7 +24,7 @@ from mirage.runtime.accuracy import (
     reference_feeds,
 )
 from mirage.runtime.onnx import OrtConfig, OrtModel
-from tests.standins import (
+from standins.models import (
     build_arcface_standin,
     build_inswapper_standin,
     build_scrfd_standin,

@@ -32,7 +32,7 @@ from mirage.runtime.onnx import OrtConfig, OrtModel
 from mirage.runtime.served import SHARED_INPUTS, rewrite_path
 from mirage.types import FaceCrop, SwappedFace
 from mirage.weights.manifest import load_manifest
-from tests.standins import ENHANCER_STANDIN_SPECS, build_enhancer_standin, write_enhancer_standins
+from standins.models import ENHANCER_STANDIN_SPECS, build_enhancer_standin, write_enhancer_standins
 
 SMALL = 64  # stand-ins at 64 px: the same graphs, fast on two cores
 

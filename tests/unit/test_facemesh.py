@@ -19,7 +19,7 @@ from mirage.landmarks.facemesh import (
     roi_matrix,
 )
 from mirage.types import Detection, FaceLandmarks
-from tests.faces import astronaut_bgr
+from standins.faces import astronaut_bgr
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from mirage.pipeline.controls import FrameControls
 from mirage.pipeline.identity import SwapEngine
 from mirage.pipeline.models import DETECTOR, ENHANCER, SWAPPER, DetectorEngine, LocalModelClient
 from mirage.pipeline.prepare import FramePreparer
-from tests.faces import astronaut_bgr, tom_hanks_bgr, tom_hanks_path
+from standins.faces import astronaut_bgr, tom_hanks_bgr, tom_hanks_path
+from standins.models import write_enhancer_standins
 from tests.pipeline_stages import TINT, TINT_STAGES, TintBackend
-from tests.standins import write_enhancer_standins
 
 STANDIN = "gfpgan_1.4"
 

@@ -17,7 +17,7 @@ from mirage.geometry.align import (
 )
 from mirage.geometry.paste import paste_back, paste_back_many, paste_region
 from mirage.types import FaceCrop, SwappedFace
-from tests.faces import astronaut_bgr
+from standins.faces import astronaut_bgr
 
 
 def similarity(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_missing_file_message_names_it(tmp_path: Path) -> None:
 def test_video_frame_conversion_keeps_brightness() -> None:
     """BGR -> yuv420p -> BGR through OpenCV: no systematic darkening (PyAV's swscale loses ~2 levels a trip)."""
     from mirage.video import bgr_to_video_frame, video_frame_to_bgr
-    from tests.faces import astronaut_bgr
+    from standins.faces import astronaut_bgr
 
     image = astronaut_bgr()
     frame = bgr_to_video_frame(image)

@@ -32,7 +32,7 @@ from mirage.runtime.tensorrt import (
 from mirage.swap.neural import choose_inswapper, load_neural_swap
 from mirage.weights.manifest import load_manifest
 from mirage.weights.provision import ModelStore, ProvisionConfig
-from tests.standins import (
+from standins.models import (
     build_arcface_standin,
     build_inswapper_standin,
     build_scrfd_standin,

@@ -27,8 +27,8 @@ from mirage.runtime.onnx import (
     order_like_onnx,
 )
 from mirage.runtime.tensorrt_model import engine_io_in_onnx_order
-from tests.faces import astronaut_bgr
-from tests.standins import (
+from standins.faces import astronaut_bgr
+from standins.models import (
     build_scrfd_constant_standin,
     build_scrfd_standin,
     scrfd_raw_outputs,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mirage.client.load import _plan_from_args, _voice_plan, add_load_parser
-from tests.faces import tom_hanks_path
+from standins.faces import tom_hanks_path
 
 
 def _args(*extra: str) -> argparse.Namespace:

@@ -26,7 +26,7 @@ from mirage.landmarks.topology import FACE_OVAL, LIPS_INNER, LIPS_OUTER
 from mirage.pipeline import FacePipeline, PipelineConfig
 from mirage.swap.mesh import MeshSwapConfig, MeshSwapper, barycentric_inverse, triangle_facing
 from mirage.types import FaceLandmarks, MeshIdentity, SwapOptions, SwappedFace
-from tests.faces import astronaut_bgr, t1_bgr, tom_hanks_bgr
+from standins.faces import astronaut_bgr, t1_bgr, tom_hanks_bgr
 
 #: Regions of t1.jpg (x0, y0, x1, y1) around one person each.
 T1_LAUGHING = (700, 280, 920, 520)  # open mouth, teeth

@@ -18,8 +18,8 @@ from mirage.runtime.onnx import OrtConfig, OrtModel
 from mirage.swap.inswapper import InSwapper, InSwapperIdentityBuilder
 from mirage.swap.neural import NeuralSwap, batch_dynamic_copy
 from mirage.types import LatentIdentity
-from tests.faces import astronaut_bgr
-from tests.standins import (
+from standins.faces import astronaut_bgr
+from standins.models import (
     build_arcface_standin,
     build_inswapper_standin,
     build_scrfd_constant_standin,

@@ -10,7 +10,7 @@ import pytest
 
 from mirage.errors import ModelUnavailableError
 from mirage.runtime.onnx import CPU, CUDA, TENSORRT, OrtConfig, OrtModel, choose_providers, provider_name
-from tests.standins import build_arcface_standin
+from standins.models import build_arcface_standin
 
 ALL = [TENSORRT, CUDA, CPU]
 

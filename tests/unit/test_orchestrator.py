@@ -30,7 +30,7 @@ from serve_app.orchestrator import (
     to_bgr,
 )
 from serve_app.settings import SessionSettings
-from tests.faces import tom_hanks_path
+from standins.faces import tom_hanks_path
 
 
 @pytest.fixture(scope="module")

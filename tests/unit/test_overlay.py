@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mirage.overlay import blur_frame, blur_regions, draw_badge
-from tests.faces import astronaut_bgr
+from standins.faces import astronaut_bgr
 
 # The astronaut's face in skimage's 512x512 photo (x1, y1, x2, y2), measured by eye with margin.
 FACE_BOX = (160, 50, 290, 200)

@@ -27,7 +27,7 @@ from mirage.runtime.tensorrt import (
     write_engine_file,
 )
 from mirage.runtime.tensorrt_model import TensorRTModel
-from tests.standins import build_inswapper_standin
+from standins.models import build_inswapper_standin
 
 A10G = GpuInfo("NVIDIA A10G", "8.6")
 GPU = Accelerators(A10G, "", "10.16.1.11", "", (CUDA, CPU), "13.0")

@@ -17,8 +17,8 @@ from mirage.detect.scrfd import (
 from mirage.errors import InvalidImageError, ModelUnavailableError
 from mirage.runtime.batch_rewrite import make_batch_dynamic
 from mirage.runtime.onnx import OrtConfig, OrtModel
-from tests.faces import astronaut_bgr, t1_bgr
-from tests.standins import (
+from standins.faces import astronaut_bgr, t1_bgr
+from standins.models import (
     build_arcface_standin,
     build_scrfd_constant_standin,
     build_scrfd_standin,

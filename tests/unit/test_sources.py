@@ -22,7 +22,7 @@ from mirage.client.sources import (
 from mirage.client.stamp import read_stamp
 from mirage.client.tracks import VIDEO_CLOCK_RATE, StampedVideoTrack, ToneAudioTrack
 from mirage.errors import InvalidImageError
-from tests.faces import astronaut_bgr, tom_hanks_bgr
+from standins.faces import astronaut_bgr, tom_hanks_bgr
 from tests.media import astronaut_clip, read_y4m, write_mp4, write_y4m
 
 

@@ -38,7 +38,7 @@ from mirage.runtime.tensorrt import (
     read_engine_payload,
     write_engine_file,
 )
-from tests.standins import build_inswapper_standin, build_scrfd_standin
+from standins.models import build_inswapper_standin, build_scrfd_standin
 
 A10G = GpuInfo("NVIDIA A10G", "8.6")
 L4 = GpuInfo("NVIDIA L4", "8.9")

@@ -17,7 +17,7 @@ from mirage.pipeline.prepare import FramePreparer
 from mirage.tracking.one_euro import OneEuroConfig, OneEuroFilter
 from mirage.tracking.tracker import FaceTracker, TrackerConfig
 from mirage.types import Detection, FaceLandmarks
-from tests.faces import astronaut_bgr
+from standins.faces import astronaut_bgr
 
 FPS = 30.0
 NOISE_SIGMA = 2.0  # grey levels of independent gaussian noise per frame, so frames are not bit-identical

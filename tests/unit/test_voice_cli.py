@@ -12,7 +12,7 @@ import pytest
 
 from mirage.cli import main
 from mirage.voice.audio import read_wav, write_wav_atomic
-from tests.voice_speech import espeak_available, median_f0, rms_db, speak
+from standins.speech import espeak_available, median_f0, rms_db, speak
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (scripts/test.sh installs it)")
 

@@ -7,7 +7,7 @@ import pytest
 
 from mirage.voice.config import PRESETS, VoiceError, VoiceParams
 from mirage.voice.dsp import DspConfig, DspState, DspVoiceConverter, convert_whole
-from tests.voice_speech import SENTENCES, espeak_available, formants_at, median_f0, rms_db, speak, voiced_times
+from standins.speech import SENTENCES, espeak_available, formants_at, median_f0, rms_db, speak, voiced_times
 
 RATE = 48000
 CHUNK = 960  # 20 ms

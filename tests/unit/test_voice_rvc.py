@@ -13,8 +13,8 @@ from mirage.voice.config import parse_voice
 from mirage.voice.convert import VOICE_UNAVAILABLE, VoiceChunk, VoiceConverterCore, VoiceCoreConfig
 from mirage.voice.rvc import RvcConfig, RvcState, coarse_pitch, load_rvc_converter
 from mirage.weights.manifest import load_manifest
-from tests.voice_speech import espeak_available, median_f0, speak
-from tests.voice_standins import build_contentvec_standin, build_rvc_generator_standin
+from standins.speech import espeak_available, median_f0, speak
+from standins.voice import build_contentvec_standin, build_rvc_generator_standin
 
 CHUNK = 960
 

@@ -18,7 +18,7 @@ from mirage.voice.convert import VoiceChunk, VoiceConverterCore, VoiceCoreConfig
 from mirage.voice.pump import VoicePump
 from mirage.voice.stream import VoiceStream
 from mirage.voice.track import VoiceTrack
-from tests.voice_speech import espeak_available, median_f0, speak
+from standins.speech import espeak_available, median_f0, speak
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (scripts/test.sh installs it)")
 

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.standins import _check_path
-from tests.standins import _save as _save_model
+from standins.models import _check_path
+from standins.models import _save as _save_model
 
 OPSET = 13
 GEN_RATE = 40000
