@@ -188,7 +188,8 @@ def test_standin_enhancer_changes_the_face_and_batches_across_three_sessions(sta
     control = float(np.median(plain[:half]) / np.median(plain[half:]))
     ratio = float(np.median(enhanced) / np.median(plain))
     print(f"served detail ratio with/without the stand-in {ratio:.3f} (control {control:.3f})")
-    assert abs(ratio - 1.0) > 2 * abs(control - 1.0) + 0.05, (
+    # The enhancer's change must stand out of the run-to-run noise (the two halves of the plain run).
+    assert ratio < 0.92 and abs(ratio - 1.0) > abs(control - 1.0) + 0.05, (
         f"detail with the stand-in enhancer / without: {ratio:.3f}; two halves without: {control:.3f}"
     )
     assert sum(compare_to_sent(v[0], n, FPS).swapped for n, v in after.items()) >= 0.8 * len(after)

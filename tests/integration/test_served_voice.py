@@ -219,7 +219,10 @@ def test_load_client_sends_speech_asks_for_a_voice_and_records_it(served: Served
     f0_sent = median_f0(speech, RATE)
     moved = []
     for record in report["sessions"]:
-        assert record["error"] is None and record["audio_chunks"] > 0.6 * 6 * 50, record
+        # 6 s of sessions: connecting takes a second or two, and the audio is held (up to 300 ms) and
+        # gathered (up to 200 ms) to stay in step with the video, so its last half second is still on
+        # its way when the run ends: at least half the run's 20 ms chunks must come back.
+        assert record["error"] is None and record["audio_chunks"] > 0.5 * 6 * 50, record
         assert record["audio_dropped"] <= record["audio_chunks"] // 10, record
         returned, rate = read_wav(Path(record["audio_file"]))
         # The first second or two come back before the set_options ack (the server's default voice, off): judge
