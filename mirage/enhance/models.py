@@ -19,6 +19,7 @@ from mirage.errors import MirageError, ModelUnavailableError
 from mirage.runtime.onnx import OrtConfig
 from mirage.runtime.select import Accelerators, RuntimeConfig, default_engine_dir, load_model, probe_accelerators
 from mirage.runtime.served import served_onnx
+from mirage.swap.neural import provisioned_path
 from mirage.weights.manifest import Manifest, load_manifest
 from mirage.weights.provision import ModelStore, ProvisionConfig
 
@@ -61,18 +62,7 @@ def provisioned_enhancer_path(store: ModelStore, name: str) -> Path:
     known = _known(store)
     if name not in known:
         raise ModelUnavailableError(f"Unknown enhancer {name[:40]!r}; known enhancers: {', '.join(known)}.")
-    entry = store.manifest.get(name)
-    path = store.path(name)
-    if path.is_file():
-        size = path.stat().st_size
-        if entry.size is None or size == entry.size:
-            return path
-        problem = f"{path.name} has {size} bytes, expected {entry.size}"
-    else:
-        problem = f"{entry.file} is missing"
-    raise ModelUnavailableError(
-        f"{entry.title} is not provisioned ({problem}); fetch it with `python -m mirage models fetch {name}`."
-    )
+    return provisioned_path(store, name)
 
 
 def available_enhancers(source: ModelStore | Path) -> list[str]:

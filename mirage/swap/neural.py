@@ -82,9 +82,9 @@ def provisioned_path(store: ModelStore, name: str) -> Path:
         problem = f"{path} has {size} bytes, expected {entry.size}"
     else:
         problem = f"{path} is missing"
+    disabled = f"; {entry.enables} is disabled" if entry.enables else ""
     raise ModelUnavailableError(
-        f"{entry.title} is not provisioned ({problem}); {entry.enables} is disabled. "
-        f"Fetch it with `python -m mirage models fetch {name}`."
+        f"{entry.title} is not provisioned ({problem}){disabled}; fetch it with `python -m mirage models fetch {name}`."
     )
 
 
