@@ -138,7 +138,7 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def start_app(port: int) -> str:
+def start_app(port: int, replica_env: dict[str, str] | None = None) -> str:
     import ray
     from ray import serve
 
@@ -146,7 +146,10 @@ def start_app(port: int) -> str:
 
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    args = AppArgs(**config["applications"][0]["args"])
+    app_args = dict(config["applications"][0]["args"])
+    if replica_env:  # an A/B of Serve's or Ray's settings in every replica (--replica-env)
+        app_args["replica_env"] = {**app_args.get("replica_env", {}), **replica_env}
+    args = AppArgs(**app_args)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": LOOPBACK, "port": port})
     serve.run(build_app(args), name="mirage", route_prefix="/")
@@ -332,7 +335,12 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,2,3", help="comma list of concurrent session counts")
     parser.add_argument("--no-echo", action="store_true", help="skip the bare aiortc echo (c) and the ratio (d)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--replica-env", action="append", default=[], metavar="KEY=VALUE",
+        help="add to serve_config.yaml's replica_env (every replica's environment) for an A/B; repeatable",
+    )
     args = parser.parse_args()
+    replica_env = dict(item.split("=", 1) for item in args.replica_env)
     counts = [int(c) for c in args.sessions.split(",") if c.strip()]
     # Every WebRTC peer of the run (the app's replicas inherit it, the clients read it) on loopback only.
     os.environ.setdefault("MIRAGE_ICE_HOST_ADDRESSES", LOOPBACK)
@@ -346,7 +354,7 @@ def main() -> int:
     # Every session replays one VP8 encode of the stamped clip (mirage.client.encoded), so the
     # client's CPU does not compete with the server it measures; the echo replays the same one.
     encoded = encode_clip(source, clip_period(source, source.fps))
-    url = start_app(free_port())
+    url = start_app(free_port(), replica_env)
     runs = []
     for count in counts:
         def on_window(edge: str) -> dict[str, Any]:
@@ -483,7 +491,10 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"plain_pipeline": plain, "echo": {str(k): v for k, v in echoes.items()}, "runs": runs}, indent=2)
+            json.dumps(
+                {"replica_env_added": replica_env, "plain_pipeline": plain, "echo": {str(k): v for k, v in echoes.items()}, "runs": runs},
+                indent=2,
+            )
         )
     return 0
 

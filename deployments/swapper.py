@@ -1,8 +1,10 @@
-"""``FaceSwapper``: the Serve shell of :class:`mirage.pipeline.identity.SwapEngine`.
+"""``FaceSwapper``: the Serve shell of :class:`mirage.pipeline.fused.TrackSwapEngine` (a ``SwapEngine``).
 
 ``swap`` takes one :class:`~mirage.pipeline.messages.SwapItem` (a face crop
 plus the session's identity) per call and runs them in batches, grouped by
-swapper; ``prepare_identity`` turns a reference photo (bytes) into identity
+swapper; ``track_swap`` does a tracked face's landmarks, smoothing, crop and
+swap in one call (:mod:`mirage.pipeline.fused`: one Serve call per tracked
+frame instead of two); ``prepare_identity`` turns a reference photo (bytes) into identity
 data (a few decodes at once per replica). Identity building and the identity
 cache live in ``mirage.pipeline.identity``; this module adds batching,
 ``reconfigure``, ``check_health`` and metrics.
@@ -23,8 +25,10 @@ from ray import serve
 from deployments.detector import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_SIZE, BatchingConfig, run_batch
 from deployments.logs import enable_info_logs
 from deployments.metrics import BatchMetrics
+from deployments.serve_types import batch_controls
+from mirage.pipeline.fused import TrackSwapEngine
 from mirage.pipeline.identity import IdentityCache, SwapEngine, SwapperConfig
-from mirage.pipeline.messages import IdentityReply, SwapItem, SwapResult
+from mirage.pipeline.messages import IdentityReply, SwapItem, SwapResult, TrackSwapItem, TrackSwapResult
 
 __all__ = ["FaceSwapper", "IdentityCache", "SwapEngine", "SwapperConfig"]
 
@@ -56,21 +60,29 @@ def _with_model_settings(config: SwapperConfig, env: Mapping[str, str]) -> Swapp
 class FaceSwapper:
     def __init__(self, config: SwapperConfig | None = None) -> None:
         enable_info_logs()
-        self.core = SwapEngine(_with_model_settings(config or SwapperConfig(), os.environ))
+        self.core = TrackSwapEngine(_with_model_settings(config or SwapperConfig(), os.environ))
         self._metrics = BatchMetrics("swapper")
         self._batching = BatchingConfig()
         self._decodes = asyncio.Semaphore(max(1, self.core.config.max_concurrent_decodes))
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = BatchingConfig.model_validate(user_config or {})
-        self.swap.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
-        self.swap.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        for method in (self.swap, self.track_swap):
+            controls = batch_controls(method)
+            controls.set_max_batch_size(cfg.max_batch_size)
+            controls.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self._batching = cfg
         logger.info("FaceSwapper batching: %s", cfg.describe())
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def swap(self, items: list[SwapItem]) -> list[SwapResult]:
         return await run_batch(self._metrics, "swap", self.core.swap_batch, items, self._batching.compute_in_thread)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def track_swap(self, items: list[TrackSwapItem]) -> list[TrackSwapResult]:
+        return await run_batch(
+            self._metrics, "track_swap", self.core.track_swap_batch, items, self._batching.compute_in_thread
+        )
 
     def forget_identity(self, key: str) -> None:
         """A session ended: drop its identity now rather than at the cache's expiry."""
@@ -98,5 +110,6 @@ class FaceSwapper:
         }
 
     async def check_health(self) -> None:
-        if not await self.swap._is_batching_task_alive():  # type: ignore[attr-defined]
-            raise RuntimeError("the swap batching loop is not running")
+        for method in (self.swap, self.track_swap):
+            if not await batch_controls(method)._is_batching_task_alive():
+                raise RuntimeError(f"the {method.__name__} batching loop is not running")

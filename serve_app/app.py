@@ -238,6 +238,9 @@ class SessionArgs(_Args):
     hold_s: float = Field(0.5, ge=0.0)
     idle_timeout_s: float = Field(10.0, gt=0.0)
     detect_every: int = Field(10, ge=1)
+    #: On tracked frames (no detection), a face's landmarks and swap in one FaceSwapper call
+    #: (one Serve call per frame instead of two; mirage.pipeline.fused). false: FaceDetector.landmarks, then swap.
+    fuse_tracking: bool = True
     audio_sync: bool = True
 
 
@@ -281,6 +284,7 @@ class AppArgs(_Args):
             hold_s=s.hold_s,
             idle_timeout_s=s.idle_timeout_s,
             detect_every=s.detect_every,
+            fuse_tracking=s.fuse_tracking,
             audio_sync=s.audio_sync,
         )
         return Settings(

@@ -152,6 +152,7 @@ def frame_settings(settings: SessionSettings) -> FrameSettings:
         detect_every=settings.detect_every,
         badge=settings.badge,
         hold_s=settings.hold_s,
+        fuse_tracking=settings.fuse_tracking,
     )
 
 
@@ -205,7 +206,7 @@ class FrameProcessor(FramePipeline):
         def convert_and_prepare() -> tuple[Image, Image, float, ModelInputs]:
             picture = to_bgr(frame, output_side)
             small, factor = analysis_copy(picture, max_side)
-            return picture, small, factor, self.model_inputs(small, plan)
+            return picture, small, factor, self.model_inputs(small, plan, picture, factor)
 
         picture, small, factor, inputs = await asyncio.to_thread(convert_and_prepare)
         convert_ms = (time.perf_counter() - start) * 1000.0

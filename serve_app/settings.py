@@ -113,6 +113,8 @@ class SessionSettings:
     max_reference_bytes: int = 10 * 1024 * 1024
     max_reference_side: int = 4096
     detect_every: int = 10
+    #: Tracked frames: landmarks + swap of a face in one FaceSwapper call (mirage.pipeline.fused).
+    fuse_tracking: bool = True
     audio_sync: bool = True
     #: MIRAGE_ALLOW_NONCOMMERCIAL=0: sessions may not ask for models licensed for non-commercial
     #: use only (InSwapper, buffalo_l), and /config does not offer them.

@@ -31,11 +31,22 @@ import numpy.typing as npt
 from mirage.geometry.paste import paste_back_many
 from mirage.overlay import blur_frame, blur_regions, draw_badge
 from mirage.pipeline.controls import FrameControls
+from mirage.pipeline.fused import cut_regions
+from mirage.pipeline.messages import UNKNOWN_IDENTITY, SwapResult, TrackSwapItem, TrackSwapResult
 from mirage.pipeline.models import DETECTOR, ModelClient
 from mirage.pipeline.prepare import FramePreparer, ModelInputs, landmark_box, roi_box
-from mirage.pipeline.stages import FACE_STAGES, FaceStage, FaceWork, Offload, StageContext
+from mirage.pipeline.stages import (
+    FACE_STAGES,
+    FaceStage,
+    FaceWork,
+    Offload,
+    StageContext,
+    SwapStage,
+    identity_sends,
+    resend_identity,
+)
 from mirage.tracking.tracker import FaceTracker, TrackerConfig, TrackPlan
-from mirage.types import FaceLandmarks, Image
+from mirage.types import FaceCrop, FaceLandmarks, Image
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +82,9 @@ class FrameSettings:
     detect_every: int = 10
     badge: bool = True
     hold_s: float = 0.5
+    #: On tracked frames, landmarks and swap of each face in one call to the swapper
+    #: (``mirage.pipeline.fused``) instead of one to the landmarker and one to the swapper.
+    fuse_tracking: bool = False
 
 
 @dataclass
@@ -92,6 +106,9 @@ class Analysis:
     hide_boxes: list[npt.NDArray[np.float32]]
     failure: str | None
     stages_ms: dict[str, float]
+    #: Faces already swapped by the tracking call (fused), with their crops in the coordinates
+    #: of the picture that goes out (so :meth:`scaled` leaves them as they are); None: swap in render.
+    swaps: list[tuple[FaceCrop, SwapResult]] | None = None
 
     def scaled(self, factor: float) -> Analysis:
         """The same analysis for a picture ``factor`` times the size of the analysed one."""
@@ -99,7 +116,7 @@ class Analysis:
             return self
         faces = [FaceLandmarks(points=(f.points * np.float32(factor)).astype(np.float32), confidence=f.confidence) for f in self.faces]
         boxes = [(np.asarray(b, np.float32) * np.float32(factor)).astype(np.float32) for b in self.hide_boxes]
-        return Analysis(faces=faces, hide_boxes=boxes, failure=self.failure, stages_ms=self.stages_ms)
+        return Analysis(faces=faces, hide_boxes=boxes, failure=self.failure, stages_ms=self.stages_ms, swaps=self.swaps)
 
 
 @dataclass
@@ -140,6 +157,7 @@ class FramePipeline:
         self._clock = clock
         self._offload = offload
         self.stages = tuple(stages)
+        self._swap_stage = next((stage for stage in self.stages if isinstance(stage, SwapStage)), None)
         self._deadline_s = settings.deadline_s
         self._tracker = self._new_tracker(controls.max_faces)
         self._last_good: tuple[Image, float] | None = None
@@ -182,18 +200,38 @@ class FramePipeline:
     def plan(self) -> TrackPlan:
         return self._tracker.plan()
 
-    def model_inputs(self, image: Image, plan: TrackPlan) -> ModelInputs:
-        """The frame's first model inputs (pixel work: call it off the loop, with the conversion)."""
-        return self._prep.model_inputs(image, plan.detect, plan.rois)
+    def fuses(self, plan: TrackPlan) -> bool:
+        """Whether this frame's landmarks and swap go in one call (a tracked frame with an identity)."""
+        return bool(
+            self._settings.fuse_tracking
+            and self._swap_stage is not None
+            and not plan.detect
+            and plan.rois
+            and self.controls.identity is not None
+            and len(plan.rois) == len(self._tracker.slots)
+        )
+
+    def model_inputs(self, image: Image, plan: TrackPlan, picture: Image | None = None, scale: float = 1.0) -> ModelInputs:
+        """The frame's first model inputs (pixel work: call it off the loop, with the conversion).
+
+        ``image`` is analysed; ``picture`` (``scale`` times its size; default: ``image``)
+        goes out, and a fused frame's crops are cut from it.
+        """
+        inputs = self._prep.model_inputs(image, plan.detect, plan.rois)
+        if self.fuses(plan):
+            inputs.regions = cut_regions(image if picture is None else picture, plan.rois, scale)
+        return inputs
 
     async def analyze(self, image: Image, t: float) -> Analysis:
         """Detect (when the tracker asks) and find landmarks; never raises for a model failure."""
         plan = self._tracker.plan()
-        inputs = await self._offload(self._prep.model_inputs, image, plan.detect, plan.rois)
+        inputs = await self._offload(self.model_inputs, image, plan)
         return await self.analyze_prepared(image, t, plan, inputs)
 
     async def analyze_prepared(self, image: Image, t: float, plan: TrackPlan, inputs: ModelInputs) -> Analysis:
         """:meth:`analyze` once the plan's model inputs are made (served: in the conversion's hop)."""
+        if inputs.regions is not None and inputs.mesh is not None and self.fuses(plan):
+            return await self._analyze_fused(t, plan, inputs)
         stages: dict[str, float] = {}
         tracker = self._tracker
         rois = list(plan.rois)
@@ -230,6 +268,45 @@ class FramePipeline:
         faces = tracker.observe(raw, t, detected=plan.detect and detect_ok)
         return Analysis(faces=faces, hide_boxes=[landmark_box(f) for f in faces], failure=None, stages_ms=stages)
 
+    async def _analyze_fused(self, t: float, plan: TrackPlan, inputs: ModelInputs) -> Analysis:
+        """A tracked frame in one call per face: landmarks, smoothing, crop and swap on the swapper (``fused``)."""
+        stage, controls, tracker = self._swap_stage, self.controls, self._tracker
+        assert stage is not None and inputs.mesh is not None and inputs.regions is not None and controls.identity is not None
+        state = self._stage_state.setdefault(stage.name, {})
+        attach = identity_sends(state, controls.identity_key)
+        items = [
+            TrackSwapItem(
+                mesh=mesh,
+                slot=slot,
+                t=t,
+                tracker=tracker.config,
+                region=region,
+                identity_key=controls.identity_key,
+                identity=controls.identity if attach else None,
+                swapper=controls.swapper,
+                options=controls.options,
+            )
+            for mesh, slot, region in zip(inputs.mesh, tracker.slots, inputs.regions, strict=True)
+        ]
+        stages: dict[str, float] = {}
+        start = time.perf_counter()
+        try:
+            calls = [self._models.infer(stage.deployment, "track_swap", item) for item in items]
+            results: list[TrackSwapResult] = list(await self._call(asyncio.gather(*calls), stage.name))
+        except Exception as exc:  # noqa: BLE001 - any failure degrades, never freezes
+            stages["track_swap"] = (time.perf_counter() - start) * 1000.0
+            logger.debug("track_swap failed (%s)", type(exc).__name__)
+            return Analysis(faces=[], hide_boxes=[roi_box(r) for r in plan.rois], failure=stage.name, stages_ms=stages)
+        stages["track_swap"] = (time.perf_counter() - start) * 1000.0
+        kept = [results[i] for i in tracker.observe_followed([(r.raw, r.slot) for r in results], t)]
+        faces = [r.slot.smoothed for r in kept]
+        swaps: list[tuple[FaceCrop, SwapResult]] | None = [(r.crop, r.swap) for r in kept if r.crop is not None]
+        if any(r.swap.error == UNKNOWN_IDENTITY for r in kept):
+            resend_identity(state)  # a replica without it: render swaps these faces again, with the identity
+        if any(r.crop is None or r.swap.error is not None for r in kept):
+            swaps = None  # render's swap stage swaps them (or falls back)
+        return Analysis(faces=faces, hide_boxes=[landmark_box(f) for f in faces], failure=None, stages_ms=stages, swaps=swaps)
+
     # --- rendering -----------------------------------------------------------------------
     async def render(self, image: Image, analysis: Analysis, build: Callable[[Image], F] | None = None) -> Rendered[F]:
         """Crop, run the face stages, paste back and badge; under the fallback policy when a required stage fails.
@@ -248,12 +325,16 @@ class FramePipeline:
         options = controls.options
         start = time.perf_counter()
         skipped: list[str] = []
-        try:
-            crops = await self._offload(self._prep.crops, image, analysis.faces, controls.swapper)
-        except Exception as exc:  # noqa: BLE001
-            logger.debug("crop failed (%s)", type(exc).__name__)
-            return await self._fallback(image, analysis, stages, build)
-        work = FaceWork(crops=crops)
+        if analysis.swaps is not None:
+            crops = [crop for crop, _ in analysis.swaps]
+            work = FaceWork(crops=crops, swapped=[result.face() for _, result in analysis.swaps])
+        else:
+            try:
+                crops = await self._offload(self._prep.crops, image, analysis.faces, controls.swapper)
+            except Exception as exc:  # noqa: BLE001
+                logger.debug("crop failed (%s)", type(exc).__name__)
+                return await self._fallback(image, analysis, stages, build)
+            work = FaceWork(crops=crops)
         for stage in self.stages:
             if not stage.wanted(controls):
                 continue

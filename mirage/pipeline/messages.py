@@ -15,12 +15,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from mirage.types import FaceCrop, Identity, Image, SwapOptions, SwappedFace, SwapperName
+from mirage.landmarks.facemesh import MeshInput
+from mirage.tracking.tracker import TrackerConfig, TrackSlot
+from mirage.types import FaceCrop, FaceLandmarks, Identity, Image, SwapOptions, SwappedFace, SwapperName
 
 #: ``SwapResult.error`` when the replica does not hold the identity a key names: resend it.
 UNKNOWN_IDENTITY = "unknown_identity"
 #: ``SwapResult.error`` when the requested swapper is not loaded on this replica.
 SWAPPER_UNAVAILABLE = "swapper_unavailable"
+#: ``SwapResult.error`` of a tracked face whose landmarks came back below the tracker's confidence.
+FACE_LOST = "face_lost"
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,45 @@ class IdentityReply:
     @property
     def ok(self) -> bool:
         return self.identity is not None and self.code is None
+
+
+@dataclass(frozen=True)
+class Region:
+    """A piece of the picture that goes out, around a tracked face, and where it sits in that picture."""
+
+    image: Image
+    #: (x, y) of the region's top-left pixel in the picture.
+    origin: tuple[int, int]
+    #: Picture pixels per analysed pixel (the analysis runs on a copy of at most ``max_side``).
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrackSwapItem:
+    """One tracked face of a frame, landmarks and swap in one call (``mirage.pipeline.fused``).
+
+    The landmarker's input, the face's tracking state (smoothing happens where
+    the landmarks are found; the state comes back in the result), the region of
+    the outgoing picture its crop is cut from, and the identity as for a
+    :class:`SwapItem`.
+    """
+
+    mesh: MeshInput
+    slot: TrackSlot
+    t: float
+    tracker: TrackerConfig
+    region: Region
+    identity_key: str
+    identity: Identity | None = field(default=None, repr=False)
+    swapper: SwapperName = "mesh"
+    options: SwapOptions = field(default_factory=SwapOptions)
+
+
+@dataclass(frozen=True)
+class TrackSwapResult:
+    """The face's raw landmarks and its tracking state after them; its crop (picture coordinates) and swap."""
+
+    raw: FaceLandmarks
+    slot: TrackSlot
+    crop: FaceCrop | None
+    swap: SwapResult

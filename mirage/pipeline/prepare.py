@@ -19,6 +19,7 @@ from mirage.detect.blazeface import DetectorInput, input_size, letterbox
 from mirage.geometry.align import align_face, with_mesh
 from mirage.landmarks.facemesh import FaceRoi, MeshInput, mesh_input
 from mirage.landmarks.topology import five_point_from_mesh
+from mirage.pipeline.messages import Region
 from mirage.swap.mesh import MeshSwapConfig, MeshSwapper
 from mirage.types import FaceCrop, FaceLandmarks, Image, SwapperName
 
@@ -32,6 +33,8 @@ class ModelInputs:
 
     detector: DetectorInput | None = None
     mesh: list[MeshInput] | None = None
+    #: A fused frame's regions of the outgoing picture, one per tracked ROI (``mirage.pipeline.fused``).
+    regions: list[Region] | None = None
 
 
 def landmark_box(face: FaceLandmarks) -> npt.NDArray[np.float32]:

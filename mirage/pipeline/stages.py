@@ -37,6 +37,21 @@ class EnhanceError(RuntimeError):
 IDENTITY_WARMUP_CALLS = 3
 
 
+def identity_sends(state: dict[str, Any], key: str) -> bool:
+    """Whether this swap call carries the identity itself (the first calls after a change), else only its key."""
+    if key != state.get("warm_key"):
+        state["warm_key"], state["sends"] = key, IDENTITY_WARMUP_CALLS
+    attach = bool(state["sends"] > 0)
+    if attach:
+        state["sends"] -= 1
+    return attach
+
+
+def resend_identity(state: dict[str, Any]) -> None:
+    """A replica did not know the identity (new or restarted): the next calls carry it again."""
+    state["sends"] = IDENTITY_WARMUP_CALLS
+
+
 @dataclass(frozen=True)
 class FaceWork:
     """The faces of one frame on their way through the stages (crops, and what each became)."""
@@ -86,11 +101,9 @@ class SwapStage:
         identity, key, swapper, options = controls.identity, controls.identity_key, controls.swapper, controls.options
         if identity is None:
             raise LookupError("no identity")
-        if key != state.get("warm_key"):
-            state["warm_key"], state["sends"] = key, IDENTITY_WARMUP_CALLS
-        attach = state["sends"] > 0
-        if attach:
-            state["sends"] -= 1
+        if work.swapped:  # swapped already, in the tracking call (mirage.pipeline.fused)
+            return work
+        attach = identity_sends(state, key)
 
         def item(crop: FaceCrop, with_identity: bool) -> SwapItem:
             return SwapItem(crop=crop, identity_key=key, identity=identity if with_identity else None, swapper=swapper, options=options)
@@ -100,7 +113,7 @@ class SwapStage:
         unknown = [i for i, r in enumerate(results) if r.error == UNKNOWN_IDENTITY]
         if unknown:
             # A replica that never saw this identity (a new or restarted replica): send it again.
-            state["sends"] = IDENTITY_WARMUP_CALLS
+            resend_identity(state)
             retried = await asyncio.gather(*(models.infer(self.deployment, "swap", item(work.crops[i], True)) for i in unknown))
             for i, result in zip(unknown, retried, strict=True):
                 results[i] = result

@@ -68,8 +68,12 @@ class TrackPlan:
 
 
 @dataclass
-class _Slot:
-    """One tracked face: its filters, last raw points and last smoothed output (its ROI's source)."""
+class TrackSlot:
+    """One tracked face: its filters, last raw points and last smoothed output (its ROI's source).
+
+    Plain, picklable state: the swapper can follow a face with it in the same call as its
+    landmarks (:func:`follow`; ``mirage.pipeline.fused``) and hand it back.
+    """
 
     filter: OneEuroFilter
     raw_xy: npt.NDArray[np.float32]
@@ -145,7 +149,7 @@ class FaceTracker:
         self.reset()
 
     def reset(self) -> None:
-        self._slots: list[_Slot] = []
+        self._slots: list[TrackSlot] = []
         self._frame = 0
         self._last_detect: int | None = None
         self._force_detect = True
@@ -191,7 +195,7 @@ class FaceTracker:
 
         old = self._slots
         pairs = self._match(old, kept)
-        new_slots: list[_Slot] = []
+        new_slots: list[TrackSlot] = []
         used = set()
         for slot_index, face_index in sorted(pairs.items()):
             slot, face = old[slot_index], kept[face_index]
@@ -199,46 +203,51 @@ class FaceTracker:
             if jump > cfg.motion_threshold:
                 logger.debug("face moved %.2f face sizes in one frame: re-detect", jump)
                 self._force_detect = True
-            new_slots.append(self._update(slot, face, t, cfg))
+            new_slots.append(follow(slot, face, t, cfg))
             used.add(face_index)
         if len(pairs) < len(old):
             lost = True
         for face_index, face in enumerate(kept):
             if face_index not in used:
-                new_slots.append(self._update(_Slot(OneEuroFilter(cfg.one_euro), face.xy, face), face, t, cfg))
+                new_slots.append(follow(TrackSlot(OneEuroFilter(cfg.one_euro), face.xy, face), face, t, cfg))
         if lost and not detected:
             self._force_detect = True
         self._slots = new_slots
         return self.faces
 
-    @staticmethod
-    def _update(slot: _Slot, face: FaceLandmarks, t: float, cfg: TrackerConfig) -> _Slot:
-        raw = face.points.astype(np.float64)
-        if slot.shape is None or slot.shape.shape != raw.shape:
-            shape = np.asarray(slot.filter(raw, t), dtype=np.float64)
-            head = HeadMotionFilter(cfg.head_gain, cfg.head_surprise)
-            head(_control_points(shape[:, :2]), t, _extent(face.xy))
-            return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=face, shape=shape, head=head)
-        # Head motion: the similarity from the smoothed shape to this frame's raw points, filtered.
-        matrix = estimate_similarity(slot.shape[:, :2], raw[:, :2]).astype(np.float64)
-        if slot.head is not None:
-            control = _control_points(slot.shape[:, :2])
-            moved = control @ matrix[:, :2].T + matrix[:, 2]
-            matrix = estimate_similarity(control, slot.head(moved, t, _extent(face.xy))).astype(np.float64)
-        scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
-        inverse = cv2.invertAffineTransform(matrix)
-        canonical = np.empty_like(raw)
-        canonical[:, :2] = raw[:, :2] @ inverse[:, :2].T + inverse[:, 2]
-        canonical[:, 2] = raw[:, 2] / max(scale, 1e-9)
-        shape = np.asarray(slot.filter(canonical, t), dtype=np.float64)
-        points = np.empty_like(raw)
-        points[:, :2] = shape[:, :2] @ matrix[:, :2].T + matrix[:, 2]
-        points[:, 2] = shape[:, 2] * scale
-        smoothed = FaceLandmarks(points=points.astype(np.float32), confidence=face.confidence)
-        return _Slot(filter=slot.filter, raw_xy=face.xy, smoothed=smoothed, shape=shape, head=slot.head)
+    @property
+    def slots(self) -> tuple[TrackSlot, ...]:
+        """The tracked faces' state, in the order of :meth:`plan`'s ROIs."""
+        return tuple(self._slots)
+
+    def observe_followed(self, followed: Sequence[tuple[FaceLandmarks, TrackSlot]], t: float) -> list[int]:
+        """Take a tracked (not detected) frame whose faces were followed elsewhere (:func:`follow`).
+
+        ``followed[i]`` is slot ``i``'s raw landmarks in its ROI and the slot
+        after them, as :meth:`observe` would have made it. Returns the indices
+        of the faces kept (the others were lost: the next frame detects).
+        """
+        cfg = self.config
+        self._frame += 1
+        if len(followed) != len(self._slots):
+            raise ValueError(f"{len(followed)} followed faces for {len(self._slots)} tracked ones")
+        kept: list[int] = []
+        new_slots: list[TrackSlot] = []
+        for index, ((raw, slot), old) in enumerate(zip(followed, self._slots, strict=True)):
+            if raw.confidence < cfg.min_confidence:
+                self._force_detect = True
+                continue
+            jump = np.linalg.norm(_centre(raw.xy) - _centre(old.raw_xy)) / _extent(old.raw_xy)
+            if jump > cfg.motion_threshold:
+                logger.debug("face moved %.2f face sizes in one frame: re-detect", jump)
+                self._force_detect = True
+            kept.append(index)
+            new_slots.append(slot)
+        self._slots = new_slots
+        return kept
 
     @staticmethod
-    def _match(slots: Sequence[_Slot], faces: Sequence[FaceLandmarks]) -> dict[int, int]:
+    def _match(slots: Sequence[TrackSlot], faces: Sequence[FaceLandmarks]) -> dict[int, int]:
         """Greedy nearest-centre matching (slot index -> face index), within half a face size."""
         candidates = []
         for i, slot in enumerate(slots):
@@ -254,6 +263,36 @@ class FaceTracker:
                 pairs[i] = j
                 taken.add(j)
         return pairs
+
+
+def follow(slot: TrackSlot, face: FaceLandmarks, t: float, cfg: TrackerConfig) -> TrackSlot:
+    """The slot after this frame's raw landmarks at time ``t``: head motion filtered, shape smoothed.
+
+    Updates the slot's filters in place (pass a copy to keep the old state).
+    """
+    raw = face.points.astype(np.float64)
+    if slot.shape is None or slot.shape.shape != raw.shape:
+        shape = np.asarray(slot.filter(raw, t), dtype=np.float64)
+        head = HeadMotionFilter(cfg.head_gain, cfg.head_surprise)
+        head(_control_points(shape[:, :2]), t, _extent(face.xy))
+        return TrackSlot(filter=slot.filter, raw_xy=face.xy, smoothed=face, shape=shape, head=head)
+    # Head motion: the similarity from the smoothed shape to this frame's raw points, filtered.
+    matrix = estimate_similarity(slot.shape[:, :2], raw[:, :2]).astype(np.float64)
+    if slot.head is not None:
+        control = _control_points(slot.shape[:, :2])
+        moved = control @ matrix[:, :2].T + matrix[:, 2]
+        matrix = estimate_similarity(control, slot.head(moved, t, _extent(face.xy))).astype(np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    inverse = cv2.invertAffineTransform(matrix)
+    canonical = np.empty_like(raw)
+    canonical[:, :2] = raw[:, :2] @ inverse[:, :2].T + inverse[:, 2]
+    canonical[:, 2] = raw[:, 2] / max(scale, 1e-9)
+    shape = np.asarray(slot.filter(canonical, t), dtype=np.float64)
+    points = np.empty_like(raw)
+    points[:, :2] = shape[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+    points[:, 2] = shape[:, 2] * scale
+    smoothed = FaceLandmarks(points=points.astype(np.float32), confidence=face.confidence)
+    return TrackSlot(filter=slot.filter, raw_xy=face.xy, smoothed=smoothed, shape=shape, head=slot.head)
 
 
 def _same_face(tracked: FaceRoi, fresh: FaceRoi) -> bool:

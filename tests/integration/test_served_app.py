@@ -166,7 +166,12 @@ def test_three_sessions_batch_and_the_cap_holds(served: ServedApp) -> None:
     # user_config reached the replicas through reconfigure().
     assert detector["batching"]["batch_wait_timeout_s"] == BATCH_WAIT_S
     assert swapper["batching"]["batch_wait_timeout_s"] == BATCH_WAIT_S
-    batched = [detector["methods"].get("landmarks", {}), detector["methods"].get("detect", {}), swapper["methods"]["swap"]]
+    batched = [
+        detector["methods"].get("landmarks", {}),
+        detector["methods"].get("detect", {}),
+        swapper["methods"]["swap"],
+        swapper["methods"].get("track_swap", {}),
+    ]
     assert max(m.get("max_batch_size", 0) for m in batched) > 1, f"no batch larger than 1: {batched}"
     sizes = swapper["methods"]["swap"]["batch_size_histogram"]
     assert sum(sizes.values()) == swapper["methods"]["swap"]["batches"]
