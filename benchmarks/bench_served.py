@@ -138,7 +138,7 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def start_app(port: int, replica_env: dict[str, str] | None = None) -> str:
+def start_app(port: int, replica_env: dict[str, str] | None = None, overrides: list[str] | None = None) -> str:
     import ray
     from ray import serve
 
@@ -149,6 +149,13 @@ def start_app(port: int, replica_env: dict[str, str] | None = None) -> str:
     app_args = dict(config["applications"][0]["args"])
     if replica_env:  # an A/B of Serve's or Ray's settings in every replica (--replica-env)
         app_args["replica_env"] = {**app_args.get("replica_env", {}), **replica_env}
+    for override in overrides or []:  # --app-arg session.fuse_tracking=false
+        path, value = override.split("=", 1)
+        *parents, key = path.split(".")
+        node = app_args
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = yaml.safe_load(value)
     args = AppArgs(**app_args)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": LOOPBACK, "port": port})
@@ -339,6 +346,10 @@ def main() -> int:
         "--replica-env", action="append", default=[], metavar="KEY=VALUE",
         help="add to serve_config.yaml's replica_env (every replica's environment) for an A/B; repeatable",
     )
+    parser.add_argument(
+        "--app-arg", action="append", default=[], metavar="PATH=VALUE",
+        help="override one of serve_config.yaml's app args (YAML value), e.g. session.fuse_tracking=false; repeatable",
+    )
     args = parser.parse_args()
     replica_env = dict(item.split("=", 1) for item in args.replica_env)
     counts = [int(c) for c in args.sessions.split(",") if c.strip()]
@@ -354,7 +365,7 @@ def main() -> int:
     # Every session replays one VP8 encode of the stamped clip (mirage.client.encoded), so the
     # client's CPU does not compete with the server it measures; the echo replays the same one.
     encoded = encode_clip(source, clip_period(source, source.fps))
-    url = start_app(free_port(), replica_env)
+    url = start_app(free_port(), replica_env, args.app_arg)
     runs = []
     for count in counts:
         def on_window(edge: str) -> dict[str, Any]:
@@ -490,12 +501,14 @@ def main() -> int:
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"replica_env_added": replica_env, "plain_pipeline": plain, "echo": {str(k): v for k, v in echoes.items()}, "runs": runs},
-                indent=2,
-            )
-        )
+        report = {
+            "replica_env_added": replica_env,
+            "app_args_overridden": args.app_arg,
+            "plain_pipeline": plain,
+            "echo": {str(k): v for k, v in echoes.items()},
+            "runs": runs,
+        }
+        args.json.write_text(json.dumps(report, indent=2))
     return 0
 
 

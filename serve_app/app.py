@@ -69,6 +69,10 @@ class DeploymentArgs(_Args):
     #: Custom Ray resources each replica needs, e.g. {"mirage_models": 0.01}: the replicas then run
     #: only on nodes started with that resource (``ray start --resources``; docs/cluster.md).
     resources: dict[str, float] = Field(default_factory=dict)
+    #: Serve's access log, one line per call ("CALL swap OK 3.1ms"). Off for the model deployments,
+    #: which take tens of calls a second per session, each line formatted and flushed by the replica;
+    #: on for the ingress (a session is one long request).
+    access_log: bool = False
 
     def serve_options(self, default_max_ongoing: int, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}
@@ -81,6 +85,7 @@ class DeploymentArgs(_Args):
         opts: dict[str, Any] = {
             "ray_actor_options": actor,
             "max_ongoing_requests": self.max_ongoing_requests or default_max_ongoing,
+            "logging_config": {"enable_access_log": self.access_log},
         }
         if self.autoscaling_config:
             opts["autoscaling_config"] = self.autoscaling_config
@@ -172,6 +177,7 @@ class IngressArgs(DeploymentArgs):
     """The ingress: its own session cap, and ``max_ongoing_requests`` above it for the other routes."""
 
     max_sessions_per_replica: int = Field(4, ge=1)
+    access_log: bool = True
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0.0)
     #: "sessions": new sessions go to the replica with the most free slots (serve_app.routing);
     #: "default": Serve's power-of-two-choices router.
@@ -322,7 +328,7 @@ def _bind_swapper(args: AppArgs, settings: Settings) -> Any:
     return as_deployment(FaceSwapper).options(
         name=SWAPPER,
         user_config=w.user_config(),
-        **w.serve_options(w.default_max_ongoing(1), args.replica_env_vars()),
+        **w.serve_options(w.default_max_ongoing(2), args.replica_env_vars()),
     ).bind(
         SwapperConfig(
             mesh=MeshSwapConfig(max_crop=w.max_crop_size),
