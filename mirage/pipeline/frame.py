@@ -32,7 +32,7 @@ from mirage.geometry.paste import paste_back_many
 from mirage.overlay import blur_frame, blur_regions, draw_badge
 from mirage.pipeline.controls import FrameControls
 from mirage.pipeline.fused import cut_regions
-from mirage.pipeline.messages import UNKNOWN_IDENTITY, SwapResult, TrackSwapItem, TrackSwapResult
+from mirage.pipeline.messages import UNKNOWN_IDENTITY, CropPlace, SwapResult, TrackSwapItem, TrackSwapResult
 from mirage.pipeline.models import DETECTOR, ModelClient
 from mirage.pipeline.prepare import FramePreparer, ModelInputs, landmark_box, roi_box
 from mirage.pipeline.stages import (
@@ -46,7 +46,7 @@ from mirage.pipeline.stages import (
     resend_identity,
 )
 from mirage.tracking.tracker import FaceTracker, TrackerConfig, TrackPlan
-from mirage.types import FaceCrop, FaceLandmarks, Image
+from mirage.types import FaceLandmarks, Image
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ class Analysis:
     hide_boxes: list[npt.NDArray[np.float32]]
     failure: str | None
     stages_ms: dict[str, float]
-    #: Faces already swapped by the tracking call (fused), with their crops in the coordinates
-    #: of the picture that goes out (so :meth:`scaled` leaves them as they are); None: swap in render.
-    swaps: list[tuple[FaceCrop, SwapResult]] | None = None
+    #: Faces already swapped by the tracking call (fused), with where their crops are in the picture
+    #: that goes out (so :meth:`scaled` leaves them as they are); None: swap in render.
+    swaps: list[tuple[CropPlace, SwapResult]] | None = None
 
     def scaled(self, factor: float) -> Analysis:
         """The same analysis for a picture ``factor`` times the size of the analysed one."""
@@ -230,9 +230,13 @@ class FramePipeline:
 
     async def analyze_prepared(self, image: Image, t: float, plan: TrackPlan, inputs: ModelInputs) -> Analysis:
         """:meth:`analyze` once the plan's model inputs are made (served: in the conversion's hop)."""
-        if inputs.regions is not None and inputs.mesh is not None and self.fuses(plan):
-            return await self._analyze_fused(t, plan, inputs)
         stages: dict[str, float] = {}
+        if inputs.regions is not None and inputs.mesh is not None and self.fuses(plan):
+            fused = await self._analyze_fused(t, plan, inputs, stages)
+            if fused is not None:
+                return fused
+            # The swapper failed or was late: this frame is tracked by the landmarker instead, so the
+            # tracker (and the fallback's blur) keeps following the face while the swapper is down.
         tracker = self._tracker
         rois = list(plan.rois)
         mesh_items = inputs.mesh
@@ -268,8 +272,11 @@ class FramePipeline:
         faces = tracker.observe(raw, t, detected=plan.detect and detect_ok)
         return Analysis(faces=faces, hide_boxes=[landmark_box(f) for f in faces], failure=None, stages_ms=stages)
 
-    async def _analyze_fused(self, t: float, plan: TrackPlan, inputs: ModelInputs) -> Analysis:
-        """A tracked frame in one call per face: landmarks, smoothing, crop and swap on the swapper (``fused``)."""
+    async def _analyze_fused(self, t: float, plan: TrackPlan, inputs: ModelInputs, stages: dict[str, float]) -> Analysis | None:
+        """A tracked frame in one call per face: landmarks, smoothing, crop and swap on the swapper (``fused``).
+
+        None when the call fails or is late (the tracker's state is then as it was).
+        """
         stage, controls, tracker = self._swap_stage, self.controls, self._tracker
         assert stage is not None and inputs.mesh is not None and inputs.regions is not None and controls.identity is not None
         state = self._stage_state.setdefault(stage.name, {})
@@ -288,22 +295,22 @@ class FramePipeline:
             )
             for mesh, slot, region in zip(inputs.mesh, tracker.slots, inputs.regions, strict=True)
         ]
-        stages: dict[str, float] = {}
         start = time.perf_counter()
         try:
             calls = [self._models.infer(stage.deployment, "track_swap", item) for item in items]
             results: list[TrackSwapResult] = list(await self._call(asyncio.gather(*calls), stage.name))
         except Exception as exc:  # noqa: BLE001 - any failure degrades, never freezes
             stages["track_swap"] = (time.perf_counter() - start) * 1000.0
-            logger.debug("track_swap failed (%s)", type(exc).__name__)
-            return Analysis(faces=[], hide_boxes=[roi_box(r) for r in plan.rois], failure=stage.name, stages_ms=stages)
+            self.degraded_events += 1
+            logger.debug("track_swap failed (%s); tracking this frame with the landmarker", type(exc).__name__)
+            return None
         stages["track_swap"] = (time.perf_counter() - start) * 1000.0
         kept = [results[i] for i in tracker.observe_followed([(r.raw, r.slot) for r in results], t)]
         faces = [r.slot.smoothed for r in kept]
-        swaps: list[tuple[FaceCrop, SwapResult]] | None = [(r.crop, r.swap) for r in kept if r.crop is not None]
         if any(r.swap.error == UNKNOWN_IDENTITY for r in kept):
             resend_identity(state)  # a replica without it: render swaps these faces again, with the identity
-        if any(r.crop is None or r.swap.error is not None for r in kept):
+        swaps: list[tuple[CropPlace, SwapResult]] | None = [(r.place, r.swap) for r in kept if r.place is not None]
+        if any(r.place is None or r.swap.error is not None for r in kept):
             swaps = None  # render's swap stage swaps them (or falls back)
         return Analysis(faces=faces, hide_boxes=[landmark_box(f) for f in faces], failure=None, stages_ms=stages, swaps=swaps)
 
@@ -326,8 +333,13 @@ class FramePipeline:
         start = time.perf_counter()
         skipped: list[str] = []
         if analysis.swaps is not None:
-            crops = [crop for crop, _ in analysis.swaps]
-            work = FaceWork(crops=crops, swapped=[result.face() for _, result in analysis.swaps])
+            swaps = analysis.swaps
+            try:
+                crops = await self._offload(lambda: [place.cut(image) for place, _ in swaps])
+            except Exception as exc:  # noqa: BLE001
+                logger.debug("crop failed (%s)", type(exc).__name__)
+                return await self._fallback(image, analysis, stages, build)
+            work = FaceWork(crops=crops, swapped=[result.face() for _, result in swaps])
         else:
             try:
                 crops = await self._offload(self._prep.crops, image, analysis.faces, controls.swapper)

@@ -11,7 +11,12 @@ and comes back in the result, so any replica can serve any frame and the
 ingress's tracker stays the one owner of the state (it adopts what comes back:
 :meth:`~mirage.tracking.tracker.FaceTracker.observe_followed`). The crop is cut
 from a region of the outgoing picture around the ROI, so the swap sees the
-same pixels it would have seen cut from the whole picture.
+same pixels it would have seen cut from the whole picture; the reply says
+where the crop is (:class:`~mirage.pipeline.messages.CropPlace`) and the caller
+cuts the live pixels from its own copy for the paste-back, so they do not
+travel back. Bytes cost CPU on both sides of a call: the region is the ROI's
+extent and no more, and a face that moved so far that its crop leaves the
+region is answered ``outside_region`` (the caller swaps it the usual way).
 
 Detection frames keep the separate calls (detect, landmarks on the new ROIs,
 swap): the FaceDetector deployment stays, scaled on its own.
@@ -22,21 +27,32 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 
+import cv2
 import numpy as np
 
 from mirage.landmarks.facemesh import FaceMeshLandmarker, FaceRoi
 from mirage.pipeline.identity import SwapEngine, SwapperConfig
-from mirage.pipeline.messages import FACE_LOST, Region, SwapItem, SwapResult, TrackSwapItem, TrackSwapResult
+from mirage.pipeline.messages import (
+    FACE_LOST,
+    OUTSIDE_REGION,
+    CropPlace,
+    Region,
+    SwapItem,
+    SwapResult,
+    TrackSwapItem,
+    TrackSwapResult,
+)
 from mirage.pipeline.prepare import FramePreparer
 from mirage.swap.neural import NeuralSwap
 from mirage.tracking.tracker import follow
 from mirage.types import FaceCrop, FaceLandmarks, Image
 
 #: The region around a tracked ROI that the crop is cut from, as a multiple of the ROI's
-#: axis-aligned extent: room for the face's crop margin and for its move since the last frame.
-REGION_PAD = 1.3
+#: axis-aligned extent. The ROI is 1.5x the face and the crop 1.24x (MeshSwapConfig.margin): the
+#: rest is room for the face's move since the last frame (a move of more than 0.08 face sizes
+#: triggers a detection anyway).
+REGION_PAD = 1.05
 
 
 def region_box(roi: FaceRoi, scale: float, width: int, height: int) -> tuple[int, int, int, int]:
@@ -56,8 +72,31 @@ def cut_regions(picture: Image, rois: Sequence[FaceRoi], scale: float) -> list[R
     regions = []
     for roi in rois:
         x0, y0, x1, y1 = region_box(roi, scale, width, height)
-        regions.append(Region(image=np.ascontiguousarray(picture[y0:y1, x0:x1]), origin=(x0, y0), scale=scale))
+        regions.append(
+            Region(image=np.ascontiguousarray(picture[y0:y1, x0:x1]), origin=(x0, y0), scale=scale, picture_size=(width, height))
+        )
     return regions
+
+
+def inside(crop: FaceCrop, region: Region) -> bool:
+    """Whether every pixel of the crop comes from the region (or lies past the picture's own edge)."""
+    size = crop.image.shape[1], crop.image.shape[0]
+    inverse = cv2.invertAffineTransform(np.asarray(crop.matrix, np.float64))
+    corners = np.array([[0, 0], [size[0], 0], [0, size[1]], [size[0], size[1]]], np.float64)
+    xy = corners @ inverse[:, :2].T + inverse[:, 2]
+    height, width = region.image.shape[:2]
+    ox, oy = region.origin
+    pw, ph = region.picture_size
+    lo_x, lo_y = (0.0 if ox > 0 else -np.inf), (0.0 if oy > 0 else -np.inf)
+    hi_x = width if ox + width < pw else np.inf
+    hi_y = height if oy + height < ph else np.inf
+    tolerance = 0.5
+    return bool(
+        xy[:, 0].min() >= lo_x - tolerance
+        and xy[:, 1].min() >= lo_y - tolerance
+        and xy[:, 0].max() <= hi_x + tolerance
+        and xy[:, 1].max() <= hi_y + tolerance
+    )
 
 
 def in_region(face: FaceLandmarks, region: Region) -> FaceLandmarks:
@@ -68,14 +107,15 @@ def in_region(face: FaceLandmarks, region: Region) -> FaceLandmarks:
     return FaceLandmarks(points=points, confidence=face.confidence)
 
 
-def to_picture(crop: FaceCrop, origin: tuple[int, int]) -> FaceCrop:
-    """A crop cut from a region, described in the whole picture's coordinates (same pixels)."""
+def place_in_picture(crop: FaceCrop, origin: tuple[int, int], border: int) -> CropPlace:
+    """Where a crop cut from a region sits in the whole picture (its pixels stay behind)."""
     ox, oy = float(origin[0]), float(origin[1])
     matrix = np.asarray(crop.matrix, np.float32).copy()
     # region = picture - origin, so picture -> crop is M (p - o) + t.
     matrix[:, 2] -= matrix[:, 0] * ox + matrix[:, 1] * oy
     box = np.asarray(crop.frame_box, np.float32) + np.array([ox, oy, ox, oy], np.float32)
-    return replace(crop, matrix=matrix, frame_box=box)
+    size = (int(crop.image.shape[1]), int(crop.image.shape[0]))
+    return CropPlace(matrix=matrix, size=size, frame_box=box, landmarks=crop.landmarks, depth=crop.depth, border=border)
 
 
 class TrackSwapEngine(SwapEngine):
@@ -106,7 +146,8 @@ class TrackSwapEngine(SwapEngine):
                 continue
             face = in_region(slot.smoothed, item.region)
             crops.append(self._prep.crops(item.region.image, [face], item.swapper)[0])
-        wanted = [i for i, crop in enumerate(crops) if crop is not None]
+        outside = {i for i, crop in enumerate(crops) if crop is not None and not inside(crop, items[i].region)}
+        wanted = [i for i, crop in enumerate(crops) if crop is not None and i not in outside]
         swaps = self.swap_batch(
             [
                 SwapItem(
@@ -119,14 +160,14 @@ class TrackSwapEngine(SwapEngine):
                 for i in wanted
             ]
         )
-        results: list[SwapResult] = [SwapResult(error=FACE_LOST)] * len(items)
+        results: list[SwapResult] = [SwapResult(error=OUTSIDE_REGION if i in outside else FACE_LOST) for i in range(len(items))]
         for i, result in zip(wanted, swaps, strict=True):
             results[i] = result
         return [
             TrackSwapResult(
                 raw=raw,
                 slot=slot,
-                crop=to_picture(crop, item.region.origin) if crop is not None else None,
+                place=place_in_picture(crop, item.region.origin, self._prep.crop_border(item.swapper)) if crop is not None else None,
                 swap=result,
             )
             for item, raw, slot, crop, result in zip(items, raws, slots, crops, results, strict=True)

@@ -25,6 +25,9 @@ UNKNOWN_IDENTITY = "unknown_identity"
 SWAPPER_UNAVAILABLE = "swapper_unavailable"
 #: ``SwapResult.error`` of a tracked face whose landmarks came back below the tracker's confidence.
 FACE_LOST = "face_lost"
+#: ``SwapResult.error`` of a tracked face whose crop would reach past the region sent with it (it moved
+#: far since the last frame): the caller cuts it from the whole picture and swaps it the usual way.
+OUTSIDE_REGION = "outside_region"
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,31 @@ class Region:
     origin: tuple[int, int]
     #: Picture pixels per analysed pixel (the analysis runs on a copy of at most ``max_side``).
     scale: float = 1.0
+    #: (width, height) of the whole picture: a region edge there is the picture's own edge.
+    picture_size: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class CropPlace:
+    """Where a face crop sits in the picture, without its pixels (the caller cuts them from its own copy).
+
+    ``border`` is the OpenCV border mode the crop was cut with (the swappers differ).
+    """
+
+    matrix: npt.NDArray[np.float32]
+    size: tuple[int, int]
+    frame_box: npt.NDArray[np.float32]
+    landmarks: npt.NDArray[np.float32] | None
+    depth: npt.NDArray[np.float32] | None
+    border: int
+
+    def cut(self, picture: Image) -> FaceCrop:
+        import cv2
+
+        image = cv2.warpAffine(picture, self.matrix, self.size, flags=cv2.INTER_LINEAR, borderMode=self.border, borderValue=0)
+        return FaceCrop(
+            image=np.asarray(image, np.uint8), matrix=self.matrix, frame_box=self.frame_box, landmarks=self.landmarks, depth=self.depth
+        )
 
 
 @dataclass(frozen=True)
@@ -113,9 +141,9 @@ class TrackSwapItem:
 
 @dataclass(frozen=True)
 class TrackSwapResult:
-    """The face's raw landmarks and its tracking state after them; its crop (picture coordinates) and swap."""
+    """The face's raw landmarks and its tracking state after them; where its crop is in the picture, and its swap."""
 
     raw: FaceLandmarks
     slot: TrackSlot
-    crop: FaceCrop | None
+    place: CropPlace | None
     swap: SwapResult

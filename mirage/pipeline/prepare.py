@@ -88,6 +88,11 @@ class FramePreparer:
             return ModelInputs(detector=self.detector_input(image))
         return ModelInputs(mesh=self.mesh_inputs(image, rois))
 
+    @staticmethod
+    def crop_border(swapper: SwapperName) -> int:
+        """The OpenCV border mode :meth:`crops` cuts with for ``swapper``."""
+        return int(cv2.BORDER_CONSTANT if swapper == "inswapper" else cv2.BORDER_REPLICATE)
+
     def crops(self, image: Image, faces: Sequence[FaceLandmarks], swapper: SwapperName) -> list[FaceCrop]:
         """Face crops for the swapper, each carrying the live mesh (paste-back draws its mask from it)."""
         if swapper == "inswapper":

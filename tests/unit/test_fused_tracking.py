@@ -3,8 +3,8 @@
 The fused path must give the very frames the separate calls give (same
 landmarks, same smoothing, same crop, same swap), with one model call per
 tracked frame instead of two; a replica that does not know the identity gets
-it again without a visible frame being lost; a failed call falls back and
-leaves the tracker's state as it was.
+it again without a visible frame being lost; with the swapper down, the
+landmarker tracks the frames instead, so the fallback's blur follows the face.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class CountingClient(LocalModelClient):
 
     async def infer(self, deployment: str, method: str, item: Any) -> Any:
         self.calls[(deployment, method)] = self.calls.get((deployment, method), 0) + 1
-        if self.fail and method == "track_swap":
+        if self.fail and deployment == SWAPPER and method in ("track_swap", "swap"):
             raise RuntimeError("simulated swapper failure")
         return await super().infer(deployment, method, item)
 
@@ -126,23 +126,81 @@ def test_a_replica_that_lost_the_identity_gets_it_again_without_a_lost_frame(eng
     assert all(r.faces == 1 for r in rendered)
 
 
-def test_a_failed_fused_call_falls_back_and_keeps_the_tracking_state(engines: Any) -> None:
+def test_with_the_swapper_down_the_landmarker_keeps_tracking_and_the_blur_follows_the_face(engines: Any) -> None:
     detector, _, tracking, identity = engines
-    frames = _clip(4)
+    frames = _clip(16)
 
-    async def run() -> tuple[list[Any], Any, Any]:
+    async def run() -> tuple[list[Any], list[Any], FramePipeline, CountingClient]:
         models = CountingClient({DETECTOR: detector, SWAPPER: tracking})
         pipeline = _pipeline(models, identity, True)
-        out = [await _served_step(pipeline, frames[0], 0.0, 640), await _served_step(pipeline, frames[1], 1 / 30, 640)]
-        before = pipeline.tracker.slots[0]
-        shape_before = before.shape.copy() if before.shape is not None else None
-        models.fail = True
-        out.append(await _served_step(pipeline, frames[2], 2 / 30, 640))
-        return out, pipeline, (before, shape_before)
+        out, boxes = [], []
+        for i, frame in enumerate(frames):
+            models.fail = i >= 2  # the swapper goes down after two frames
+            plan = pipeline.plan()
+            inputs = pipeline.model_inputs(frame, plan, frame, 1.0)
+            analysis = await pipeline.analyze_prepared(frame, i / 30.0, plan, inputs)
+            out.append(await pipeline.render(frame, analysis))
+            boxes.append(analysis.hide_boxes)
+        return out, boxes, pipeline, models
 
-    out, pipeline, (before, shape_before) = asyncio.run(run())
+    out, boxes, pipeline, models = asyncio.run(run())
     assert out[0].fallback is None and out[1].fallback is None
-    assert out[2].fallback == "blur" and out[2].faces == 0
-    assert not np.array_equal(out[2].image, frames[2]), "the face is hidden, never shown unswapped"
-    after = pipeline.tracker.slots[0]
-    assert after is before and after.shape is not None and np.array_equal(after.shape, shape_before)
+    assert all(r.fallback == "blur" and r.faces == 0 for r in out[2:]), [r.fallback for r in out]
+    assert all(not np.array_equal(r.image, f) for r, f in zip(out[2:], frames[2:], strict=True)), "never the real face"
+    # Each failed tracked frame was tracked by the landmarker instead: the tracker kept counting
+    # frames (so it detected again on schedule) and the blurred box moved with the face.
+    assert models.calls[(DETECTOR, "detect")] >= 3
+    assert models.calls[(DETECTOR, "landmarks")] >= len(frames) - 2
+    assert all(len(b) == 1 for b in boxes)
+    centres = np.array([[(b[0][0] + b[0][2]) / 2, (b[0][1] + b[0][3]) / 2] for b in boxes])
+    truth = np.array([_face_centre(detector, f) for f in frames])
+    assert np.abs(centres - truth).max() < 6.0, np.abs(centres - truth).max()
+    assert np.ptp(truth[:, 0]) + np.ptp(truth[:, 1]) > 6.0, "the clip's face must move for this test to mean anything"
+
+
+def _face_centre(detector: DetectorEngine, frame: Image) -> tuple[float, float]:
+    """The face's landmark-box centre, found from scratch (detector + landmarker, no tracking)."""
+    from mirage.landmarks.facemesh import roi_from_detection
+
+    det = detector.detect_batch([FramePreparer().detector_input(frame)])[0][0]
+    face = detector.landmarker.landmarks([(frame, roi_from_detection(det))])[0]
+    lo, hi = face.xy.min(axis=0), face.xy.max(axis=0)
+    return float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2
+
+
+def test_a_face_whose_crop_leaves_the_region_is_answered_outside_region(engines: Any) -> None:
+    """A region too small for the crop (the face moved far): no swap from half-missing pixels."""
+    from dataclasses import replace
+
+    from mirage.pipeline.messages import OUTSIDE_REGION, Region, TrackSwapItem
+
+    detector, _, tracking, identity = engines
+    frames = _clip(3)
+    sent: list[TrackSwapItem] = []
+
+    class Capture(CountingClient):
+        async def infer(self, deployment: str, method: str, item: Any) -> Any:
+            if method == "track_swap":
+                sent.append(item)
+            return await super().infer(deployment, method, item)
+
+    async def run() -> None:
+        pipeline = _pipeline(Capture({DETECTOR: detector, SWAPPER: tracking}), identity, True)
+        for i, frame in enumerate(frames):
+            await _served_step(pipeline, frame, i / 30.0, 640)
+
+    asyncio.run(run())
+    item = sent[-1]
+    good = tracking.track_swap_batch([item])[0]
+    assert good.swap.error is None and good.place is not None
+    region = item.region
+    h, w = region.image.shape[:2]
+    inner = Region(
+        image=np.ascontiguousarray(region.image[h // 4 : h - h // 4, w // 4 : w - w // 4]),
+        origin=(region.origin[0] + w // 4, region.origin[1] + h // 4),
+        scale=region.scale,
+        picture_size=region.picture_size,
+    )
+    small = tracking.track_swap_batch([replace(item, region=inner)])[0]
+    assert small.swap.error == OUTSIDE_REGION and small.swap.image is None
+    assert np.allclose(small.slot.smoothed.points, good.slot.smoothed.points), "the tracking answer is the same"
