@@ -269,7 +269,8 @@ class MirageIngress:
         self._hooked_loop = loop
         self.drain.start()
         if getattr(self, "scaling", None) is None:
-            self.scaling = ScalingWatcher()
+            # Each poll also sets the open-sessions gauge again (Ray drops a gauge not set for ~25 s).
+            self.scaling = ScalingWatcher(on_tick=self._sessions_changed)
         self.scaling.start()
         self.trimmer.start()
 

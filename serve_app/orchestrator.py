@@ -205,7 +205,13 @@ class FrameProcessor(FramePipeline):
 
         def convert_and_prepare() -> tuple[Image, Image, float, ModelInputs]:
             picture = to_bgr(frame, output_side)
-            small, factor = analysis_copy(picture, max_side)
+            small, factor = picture, 1.0
+            if max(picture.shape[:2]) > max_side:
+                # The analysis copy from the decoded YUV frame (libswscale's area filter, ~0.4 ms at
+                # 640x480) rather than from the BGR picture (OpenCV's INTER_AREA at a ratio like 1.25:
+                # ~3 ms, the ingress's largest pixel cost after the codec).
+                small = to_bgr(frame, max_side)
+                factor = picture.shape[1] / float(small.shape[1])
             return picture, small, factor, self.model_inputs(small, plan, picture, factor)
 
         picture, small, factor, inputs = await asyncio.to_thread(convert_and_prepare)

@@ -5,7 +5,10 @@ own for the model deployments). Every ingress replica polls the controller's vie
 application every ``interval_s`` (the same data ``serve status -v`` shows), keeps each
 deployment's running/target replicas, and records every change of the target or the running
 count as an event (time, deployment, from, to). ``/metrics`` shows them under ``scaling``;
-Prometheus gets ``mirage_replicas{deployment,kind}`` and ``mirage_scaling_events{deployment,direction}``.
+Prometheus gets ``mirage_replicas{scaled,kind}`` and ``mirage_scaling_events{scaled,direction}``
+(``scaled``: the deployment's name; Ray Serve reserves the ``deployment`` tag for the replica's own).
+Ray drops a gauge that has not been set for about two export intervals (~25 s here), so the
+watcher sets its gauges on every poll, and ``on_tick`` lets the ingress set its own (open sessions).
 """
 
 from __future__ import annotations
@@ -102,8 +105,10 @@ class ScalingWatcher:
         interval_s: float = 5.0,
         details: Callable[[], Awaitable[dict[str, Any]]] = _serve_details,
         app_name: str | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.interval_s = interval_s
+        self._on_tick = on_tick
         self.log = ScalingLog()
         self._details = details
         self._app_name = app_name
@@ -129,11 +134,11 @@ class ScalingWatcher:
 
             self._gauge = metrics.Gauge(
                 "mirage_replicas", description="Replicas of each deployment (running / target).",
-                tag_keys=("deployment", "kind"),  # type: ignore[arg-type]  # Ray annotates tag_keys as tuple[str]
+                tag_keys=("scaled", "kind"),  # type: ignore[arg-type]  # Ray annotates tag_keys as tuple[str]
             )
             self._counter = metrics.Counter(
                 "mirage_scaling_events", description="Changes of a deployment's target or running replicas.",
-                tag_keys=("deployment", "direction"),  # type: ignore[arg-type]
+                tag_keys=("scaled", "direction"),  # type: ignore[arg-type]
             )
 
     async def poll_once(self) -> list[dict[str, Any]]:
@@ -149,10 +154,10 @@ class ScalingWatcher:
         with contextlib.suppress(Exception):
             for name, counts in self.log.counts.items():
                 for kind in ("running", "target"):
-                    self._gauge.set(counts[kind], tags={"deployment": name, "kind": kind})
+                    self._gauge.set(counts[kind], tags={"scaled": name, "kind": kind})
             for event in new:
                 if event["kind"] == "target":
-                    self._counter.inc(tags={"deployment": event["deployment"], "direction": event["direction"]})
+                    self._counter.inc(tags={"scaled": event["deployment"], "direction": event["direction"]})
         for event in new:
             logger.info("scaling: %s %s %d -> %d", event["deployment"], event["kind"], event["from"], event["to"])
         return new
@@ -169,4 +174,9 @@ class ScalingWatcher:
                 failures += 1
                 if failures == 3:
                     logger.warning("scaling watcher: cannot read Serve's state (%s); still trying", type(exc).__name__)
+            if self._on_tick is not None:
+                try:
+                    self._on_tick()
+                except Exception as exc:  # noqa: BLE001 - a metrics hiccup must not stop the watcher
+                    logger.debug("scaling watcher tick failed (%s)", type(exc).__name__)
             await asyncio.sleep(self.interval_s)
