@@ -1,6 +1,7 @@
 """Benchmark of the served application against the same pipeline in one plain process.
 
     python benchmarks/bench_served.py [--seconds 30] [--sessions 1,2,3] [--json OUT] [--no-echo]
+        [--app-arg PATH=VALUE] [--replica-env KEY=VALUE]
 
 Starts a local Ray (``num_cpus=2``) and ``serve.run`` of the app with
 ``serve_config.yaml``'s arguments, then opens 1, 2 and 3 concurrent client
@@ -24,7 +25,12 @@ delivered to all clients, the model deployments' call counters
 - (c) echo: a bare aiortc echo of the same stream with the same number of
   sessions (``benchmarks/echo_peer.py``: decode, re-encode, RTP/SRTP, in a child
   process): its CPU ms per echoed frame;
-- (d) the cost of serving, a / (b + c) (issue 13's goal: at most 2).
+- (d) the cost of serving, a / (b + c) (issue 13's goal: at most 2);
+- (b2) the plain pipeline as served: each frame analysed on its copy of at most 512 and
+  rendered at the camera's size, as the ingress does; (d2) = a / (b2 + c).
+
+``--app-arg`` overrides one of serve_config.yaml's app args (an A/B, e.g.
+``session.fuse_tracking=false``); ``--replica-env`` adds to every replica's environment.
 
 Prints a table and writes JSON: per session delivered fps, glass-to-glass
 p50/p95, dropped frames; Serve calls per delivered frame by deployment method;
