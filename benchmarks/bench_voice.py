@@ -300,7 +300,7 @@ def served_session(seconds: float, order: list[str] | None = None) -> dict[str, 
     import yaml
     from ray import serve
 
-    from benchmarks.bench_served import free_port
+    from benchmarks.bench_served import deployment_calls, free_port
     from mirage.client.load import LoadPlan, run_plan
     from mirage.client.session import SessionOptions
     from mirage.client.sources import astronaut_source
@@ -335,11 +335,16 @@ def served_session(seconds: float, order: list[str] | None = None) -> dict[str, 
             audio, voice = runs[name]
             plan = LoadPlan(url=url, reference=tom_hanks_path().read_bytes(), source=source, sessions=1, seconds=seconds,
                             warmup=4.0, options=SessionOptions(), audio=audio, voice_options=voice, av_marks=audio)
-            before = _ray_cpu_by_role()
+            before, calls_before = _ray_cpu_by_role(), deployment_calls(url)
             t0 = time.monotonic()
             report = asyncio.run(run_plan(plan))
             wall = time.monotonic() - t0
-            after = _ray_cpu_by_role()
+            after, calls_after = _ray_cpu_by_role(), deployment_calls(url)
+            # The VoiceConverter's calls (one per chunk the pump sends, each carrying one or more 20 ms frames).
+            voice_calls = {
+                method: round((items - calls_before.get("voice", {}).get(method, (0, 0))[0]) / wall, 1)
+                for method, (items, _) in calls_after.get("voice", {}).items()
+            }
             (record,) = report["sessions"]
             out[name] = {
                 "fps": record["fps"], "video_g2g_p50_ms": record["g2g_p50_ms"], "video_g2g_p95_ms": record["g2g_p95_ms"],
@@ -347,6 +352,7 @@ def served_session(seconds: float, order: list[str] | None = None) -> dict[str, 
                 "audio_g2g_ms": record.get("audio_g2g_ms"), "av_offset_ms": record.get("av_offset_ms"),
                 "audio_chunks": record.get("audio_chunks"),
                 "cpu_pct_of_one_core": {k: round(100.0 * (after[k] - before[k]) / wall, 1) for k in after},
+                "voice_calls_per_s": voice_calls,
             }
             print(name, out[name], flush=True)
     finally:
