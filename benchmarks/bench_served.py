@@ -315,14 +315,17 @@ def plain_pipeline(frames: list[np.ndarray], reference: np.ndarray, skip: int = 
         pipeline.process(frame, identity, t=index / 30.0)
         if index >= skip:
             times.append((time.perf_counter() - start) * 1000.0)
-    cpu_ms = (time.process_time() - cpu0) * 1000.0 / len(times)
-    wall_ms = (time.perf_counter() - wall0) * 1000.0 / len(times)
+    return timing_report(times, time.process_time() - cpu0, time.perf_counter() - wall0)
+
+
+def timing_report(times_ms: list[float], cpu_s: float, wall_s: float) -> dict[str, Any]:
+    """Per-frame wall p50/mean, process CPU per frame and cores used, over the timed frames."""
     return {
-        "p50_ms": round(float(np.percentile(times, 50)), 2),
-        "mean_ms": round(float(np.mean(times)), 2),
-        "cpu_ms_per_frame": round(cpu_ms, 2),
-        "cpu_cores_while_running": round(cpu_ms / wall_ms, 2) if wall_ms else 0.0,
-        "frames": len(times),
+        "p50_ms": round(float(np.percentile(times_ms, 50)), 2),
+        "mean_ms": round(float(np.mean(times_ms)), 2),
+        "cpu_ms_per_frame": round(cpu_s * 1000.0 / len(times_ms), 2),
+        "cpu_cores_while_running": round(cpu_s / wall_s, 2) if wall_s else 0.0,
+        "frames": len(times_ms),
     }
 
 
@@ -368,15 +371,9 @@ def plain_as_served(frames: list[tuple[np.ndarray, np.ndarray]], reference: np.n
         return times, time.process_time() - cpu0, time.perf_counter() - wall0
 
     times, cpu_s, wall_s = asyncio.run(run())
-    cpu_ms = cpu_s * 1000.0 / len(times)
-    return {
-        "p50_ms": round(float(np.percentile(times, 50)), 2),
-        "mean_ms": round(float(np.mean(times)), 2),
-        "cpu_ms_per_frame": round(cpu_ms, 2),
-        "cpu_cores_while_running": round(cpu_s / wall_s, 2) if wall_s else 0.0,
-        "frames": len(times),
-        "size": f"{frames[0][0].shape[1]}x{frames[0][0].shape[0]}, analysed at {frames[0][1].shape[1]}x{frames[0][1].shape[0]}",
-    }
+    (picture, small) = frames[0]
+    size = f"{picture.shape[1]}x{picture.shape[0]}, analysed at {small.shape[1]}x{small.shape[0]}"
+    return {**timing_report(times, cpu_s, wall_s), "size": size}
 
 
 def downscale(frame: np.ndarray, max_side: int) -> np.ndarray:

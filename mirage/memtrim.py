@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mirage.loop_task import LoopTask
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ class HeapTrimmer:
         self.interval_s = interval_s
         self._active = active
         self._trim = _MALLOC_TRIM
-        self._task: asyncio.Task[None] | None = None
+        self._task = LoopTask(self._run, name="mirage-heap-trimmer")
         self.stats = TrimStats()
 
     @property
@@ -80,14 +82,10 @@ class HeapTrimmer:
     def start(self) -> None:
         if self._trim is None or self.interval_s <= 0:
             return
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._run(), name="mirage-heap-trimmer")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

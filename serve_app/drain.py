@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mirage.loop_task import LoopTask
+
 logger = logging.getLogger(__name__)
 
 STOPPING_STATES = {"STOPPING", "STOPPED"}
@@ -86,18 +88,14 @@ class DrainWatcher:
         self._active = active
         self._on_drain = on_drain
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._task = LoopTask(self._run)
         self.drained = False
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._task.stop()
 
     async def _details(self) -> dict[str, Any]:
         from ray.serve.context import _get_global_client

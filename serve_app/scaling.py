@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirage.loop_task import LoopTask
+
 logger = logging.getLogger(__name__)
 
 
@@ -112,19 +114,15 @@ class ScalingWatcher:
         self.log = ScalingLog()
         self._details = details
         self._app_name = app_name
-        self._task: asyncio.Task[None] | None = None
+        self._task = LoopTask(self._run)
         self._gauge: Any = None
         self._counter: Any = None
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._run())
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._task.stop()
 
     def _metrics(self) -> None:
         if self._gauge is not None:

@@ -38,7 +38,6 @@ from mirage.pipeline.messages import (
     OUTSIDE_REGION,
     CropPlace,
     Region,
-    SwapItem,
     SwapResult,
     TrackSwapItem,
     TrackSwapResult,
@@ -148,18 +147,7 @@ class TrackSwapEngine(SwapEngine):
             crops.append(self._prep.crops(item.region.image, [face], item.swapper)[0])
         outside = {i for i, crop in enumerate(crops) if crop is not None and not inside(crop, items[i].region)}
         wanted = [i for i, crop in enumerate(crops) if crop is not None and i not in outside]
-        swaps = self.swap_batch(
-            [
-                SwapItem(
-                    crop=crops[i],  # type: ignore[arg-type]
-                    identity_key=items[i].identity_key,
-                    identity=items[i].identity,
-                    swapper=items[i].swapper,
-                    options=items[i].options,
-                )
-                for i in wanted
-            ]
-        )
+        swaps = self.swap_batch([items[i].swap_item(crop) for i in wanted if (crop := crops[i]) is not None])
         results: list[SwapResult] = [SwapResult(error=OUTSIDE_REGION if i in outside else FACE_LOST) for i in range(len(items))]
         for i, result in zip(wanted, swaps, strict=True):
             results[i] = result

@@ -138,6 +138,10 @@ class TrackSwapItem:
     swapper: SwapperName = "mesh"
     options: SwapOptions = field(default_factory=SwapOptions)
 
+    def swap_item(self, crop: FaceCrop) -> SwapItem:
+        """The plain swap of this face once its crop is cut."""
+        return SwapItem(crop=crop, identity_key=self.identity_key, identity=self.identity, swapper=self.swapper, options=self.options)
+
 
 @dataclass(frozen=True)
 class TrackSwapResult:
