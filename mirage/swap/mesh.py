@@ -15,6 +15,12 @@ network: licence-clean and a few ms per face on a CPU.
   ``min_facing``); where triangles overlap in the image (the nose over the far
   cheek) the nearer one wins (a depth test per map cell). Background that falls
   inside a turned face's outline is therefore never pasted onto the cheek.
+- **Mirrored texture.** Where the reference hides a triangle (its far cheek, a
+  nostril behind the nose) and its mirror image shows, the mirror's texture is
+  used, cross-faded over a few pixels into the own texture around it: two
+  continuous maps are sampled and blended, never one map interpolated across
+  the jump (that sampled whatever lay between: dark stepped lines, black
+  nostrils).
 - **The mouth.** An open reference mouth is inpainted from its lips when the
   identity is built, so its teeth are never squeezed between closed live lips;
   an open live mouth is cut out of the blend mask (``mirage.geometry.masks``).
@@ -376,20 +382,31 @@ class MeshSwapper:
         usable = (triangle_facing(dst, live_z) > 0.0) & ref_ok
         tris = TRIANGLES[usable]
         dst_tri = dst[tris]  # (T, 3, 2)
-        src_tri = src[sources[usable]]
         z_tri = live_z[tris] if live_z is not None else np.zeros(tris.shape, dtype=np.float64)
-        map_xy = np.full((grid_n, grid_n, 2), -1.0, dtype=np.float32)
+        mirrored = (sources != TRIANGLES).any(axis=1)[usable]
+        # Two maps, each continuous: the triangles' own texture, and (where any triangle takes it) the
+        # mirror image's; a pixel blends them by how mirrored its neighbourhood is. Interpolating one
+        # map that switches between them would sample whatever lies between the two texture places.
+        variants = [src[tris]] + ([src[TRIANGLES_MIRRORED[usable]]] if mirrored.any() else [])
+        # One array of 2 or 4 channels: (own x, y[, mirrored x, y]), filled and upsampled together.
+        map_xy = np.full((grid_n, grid_n, 2 * len(variants)), -1.0, dtype=np.float32)
         covered = np.zeros((grid_n, grid_n), dtype=np.float32)
+        share = np.zeros((grid_n, grid_n), dtype=np.float32)
         cells = rasterise(dst_tri, z_tri, grid_n, step)
         if cells is not None:
             gx, gy, tri_index, bary = cells
-            source = np.einsum("ni,nij->nj", bary, src_tri[tri_index])
-            map_xy[gy, gx] = source
+            for k, src_tri in enumerate(variants):
+                map_xy[gy, gx, 2 * k : 2 * k + 2] = np.einsum("ni,nij->nj", bary, src_tri[tri_index])
             covered[gy, gx] = 1.0
+            share[gy, gx] = mirrored[tri_index].astype(np.float32)
             close_and_extend(map_xy, covered)
+        if len(variants) > 1:
+            share = np.asarray(cv2.GaussianBlur(share, (0, 0), 0.8), np.float32)  # a cross-fade about 5 px wide
         if step != 1.0:
             map_xy = upsample_grid(map_xy, size, step)
             covered = upsample_grid(covered, size, step)
+            if len(variants) > 1:
+                share = upsample_grid(share, size, step)
         texture, valid_texture = identity.texture, identity.valid
         factor = self.config.prefilter * face_extent(dst_xy) / max(face_extent(identity.landmarks), 1.0)
         if factor < 0.8:
@@ -402,16 +419,33 @@ class MeshSwapper:
                 valid_texture = np.asarray(cv2.resize(valid_texture, (side, side), interpolation=cv2.INTER_AREA), dtype=np.uint8)
             # Pixel centres: x' + 0.5 = (x + 0.5)·real; the (-1, -1) of uncovered cells stays outside.
             map_xy = (map_xy + 0.5) * np.float32(real) - np.float32(0.5)
-        warped = np.asarray(
-            cv2.remap(texture, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
-            dtype=np.uint8,
-        )
+        warped = _sample(texture, map_xy[..., 0:2], cv2.BORDER_REPLICATE)
         # Cells next to an uncovered one interpolate towards (-1, -1): not valid.
         valid = (covered > 0.999).astype(np.float32)
-        if valid_texture is not None:
-            skin = cv2.remap(valid_texture, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        skin = _sample(valid_texture, map_xy[..., 0:2], cv2.BORDER_CONSTANT) if valid_texture is not None else None
+        if len(variants) > 1:
+            rows = np.flatnonzero(share.max(axis=1) > 1e-3)
+            cols = np.flatnonzero(share.max(axis=0) > 1e-3)
+            if rows.size:
+                # Only where the mirror image shows: sample it there, and cross-fade.
+                box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+                weight = np.ascontiguousarray(share[box])
+                mirror_map = map_xy[box][..., 2:4]
+                mirror = _sample(texture, mirror_map, cv2.BORDER_REPLICATE)
+                warped[box] = cv2.blendLinear(mirror, np.ascontiguousarray(warped[box]), weight, 1.0 - weight)
+                if skin is not None and valid_texture is not None:
+                    mirror_skin = _sample(valid_texture, mirror_map, cv2.BORDER_CONSTANT)
+                    skin[box] = cv2.blendLinear(mirror_skin, np.ascontiguousarray(skin[box]), weight, 1.0 - weight)
+        if skin is not None:
             valid *= skin.astype(np.float32) * (1.0 / 255.0)
         return warped, valid
+
+
+def _sample(image: npt.NDArray[np.uint8], map_xy: npt.NDArray[np.float32], border: int) -> npt.NDArray[np.uint8]:
+    """``image`` sampled (bilinear) at ``map_xy`` (H, W, 2)."""
+    x = np.ascontiguousarray(map_xy[..., 0])
+    y = np.ascontiguousarray(map_xy[..., 1])
+    return np.asarray(cv2.remap(image, x, y, cv2.INTER_LINEAR, borderMode=border), dtype=np.uint8)
 
 
 def rasterise(

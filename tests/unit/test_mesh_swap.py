@@ -342,3 +342,35 @@ def test_turned_reference_covers_both_halves_of_a_frontal_face(pipeline: FacePip
     columns = np.arange(mask.shape[1])[None, :]
     left, right = float(mask[:, columns[0] < midline].sum()), float(mask[:, columns[0] >= midline].sum())
     assert min(left, right) > 0.6 * max(left, right), f"blend mask left {left:.0f}, right {right:.0f}"
+
+
+
+def test_a_mirrored_patch_cross_fades_into_its_own_texture(pipeline: FacePipeline, astronaut: MeshIdentity) -> None:
+    """Where triangles take their mirror image's texture, each pixel is a blend of the own and the mirrored sample.
+
+    One map switching between the two texture places would, interpolated between grid cells,
+    sample whatever lies between them (a dark stepped line on a cheek, a black nostril).
+    """
+    from dataclasses import replace
+
+    from mirage.swap.mesh import TRIANGLES_MIRRORED
+
+    nose = [k for k, tri in enumerate(TRIANGLES) if 1 in tri or 4 in tri]  # a patch around the nose tip
+    mixed_sources = astronaut.sources.copy()
+    mixed_sources[nose] = TRIANGLES_MIRRORED[nose]
+    frame = cv2.resize(t1_bgr()[280:520, 700:920], (330, 360))  # another person: the warp is not the identity
+    crop = pipeline.mesh_swapper.prepare(frame, _face(pipeline, frame))
+    swapper = MeshSwapper(MeshSwapConfig(shape_transfer=0.0))
+    size = crop.image.shape[0]
+
+    def warp(sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return swapper._warp(replace(astronaut, sources=sources), crop.landmarks, crop.depth, size)
+
+    own, _ = warp(TRIANGLES.copy())
+    mirror, _ = warp(TRIANGLES_MIRRORED.copy())
+    mixed, valid = warp(mixed_sources)
+    assert not np.array_equal(mixed, own)
+    lo = np.minimum(own, mirror).astype(int) - 2
+    hi = np.maximum(own, mirror).astype(int) + 2
+    outside = np.maximum(lo - mixed.astype(int), mixed.astype(int) - hi).max(axis=2)
+    assert outside[valid > 0.5].max() <= 0
