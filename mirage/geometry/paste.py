@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from mirage.geometry.masks import MaskConfig, blend_mask, face_extent
 from mirage.geometry.shading import ShadingConfig, transfer_shading
+from mirage.geometry.steady import FaceSteadier
 from mirage.types import FaceCrop, Image, SwapOptions, SwappedFace
 
 #: Points in a FaceMesh mesh (crops with fewer, e.g. 5 keypoints, have no mesh to draw a mask from).
@@ -101,13 +102,18 @@ def paste_back_many(
     pairs: Sequence[tuple[FaceCrop, SwappedFace]],
     options: SwapOptions | None = None,
     config: BlendConfig | None = None,
+    steady: FaceSteadier | None = None,
 ) -> Image:
-    """Paste several faces into one new frame, in order (later faces on top)."""
+    """Paste several faces into one new frame, in order (later faces on top).
+
+    ``steady``: a stream's steadier (``mirage.geometry.steady``); face ``i`` of
+    ``pairs`` is steadied against the same slot of the stream's last frame.
+    """
     out = frame.copy()
     opts = options or SwapOptions()
     cfg = config or BlendConfig()
-    for crop, swapped in pairs:
-        _paste_into(out, crop, swapped, opts, cfg)
+    for slot, (crop, swapped) in enumerate(pairs):
+        _paste_into(out, crop, swapped, opts, cfg, steady, slot)
     return out
 
 
@@ -118,12 +124,22 @@ def _integer_offset(matrix: npt.NDArray[np.float64]) -> tuple[int, int] | None:
     return None
 
 
-def _paste_into(out: Image, crop: FaceCrop, swapped: SwappedFace, options: SwapOptions, config: BlendConfig) -> None:
+def _paste_into(
+    out: Image,
+    crop: FaceCrop,
+    swapped: SwappedFace,
+    options: SwapOptions,
+    config: BlendConfig,
+    steady: FaceSteadier | None = None,
+    slot: int = 0,
+) -> None:
     x0, y0, x1, y1 = paste_region(out.shape, crop)
     if x0 >= x1 or y0 >= y1:
         return
     width, height = x1 - x0, y1 - y0
     face_crop, mask_crop = blended_face(crop, swapped, options, config)
+    if steady is not None and crop.landmarks is not None and len(crop.landmarks) == MESH_POINTS:
+        face_crop, mask_crop = steady(slot, face_crop, crop.landmarks, mask_crop)
     matrix = np.asarray(crop.matrix, dtype=np.float64)
     offset = _integer_offset(matrix)
     if offset is not None:

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mirage.geometry.paste import paste_back_many
+from mirage.geometry.steady import FaceSteadier, SteadyConfig
 from mirage.overlay import blur_frame, blur_regions, draw_badge
 from mirage.pipeline.controls import FrameControls
 from mirage.pipeline.fused import cut_regions
@@ -85,6 +86,8 @@ class FrameSettings:
     #: On tracked frames, landmarks and swap of each face in one call to the swapper
     #: (``mirage.pipeline.fused``) instead of one to the landmarker and one to the swapper.
     fuse_tracking: bool = False
+    #: Temporal steadying of each swapped face (``mirage.geometry.steady``; strength 0 turns it off).
+    steady: SteadyConfig = field(default_factory=SteadyConfig)
 
 
 @dataclass
@@ -161,6 +164,7 @@ class FramePipeline:
         self._deadline_s = settings.deadline_s
         self._tracker = self._new_tracker(controls.max_faces)
         self._last_good: tuple[Image, float] | None = None
+        self._steadier = FaceSteadier(settings.steady)
         self._stage_state: dict[str, dict[str, Any]] = {stage.name: {} for stage in self.stages}
         self.degraded_events = 0
         #: Per optional stage: frames where it was wanted but failed or was late.
@@ -178,6 +182,7 @@ class FramePipeline:
     def reset(self) -> None:
         """Forget tracked faces (a new, unrelated stream or image)."""
         self._tracker.reset()
+        self._steadier.reset()
 
     @property
     def tracker(self) -> FaceTracker:
@@ -373,9 +378,11 @@ class FramePipeline:
             return await self._fallback(image, analysis, stages, build)
         badge = self._settings.badge
         pairs = list(zip(crops, work.swapped, strict=True))
+        steadier = self._steadier
+        steadier.begin(len(pairs), controls.identity)
 
         def compose() -> tuple[Image, F | None]:
-            out = paste_back_many(image, pairs, options)
+            out = paste_back_many(image, pairs, options, steady=steadier)
             out = draw_badge(out) if badge else out
             return out, (build(out) if build is not None else None)
 
@@ -402,6 +409,7 @@ class FramePipeline:
     ) -> Rendered[F]:
         policy = self.controls.fallback
         self.degraded_events += 1
+        self._steadier.reset()  # the next swapped frame starts afresh
         if policy == "passthrough":
             return Rendered(image=image, faces=0, fallback="passthrough", stages_ms=stages)
         if policy == "hold" and self._last_good is not None:
