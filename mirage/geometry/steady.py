@@ -28,6 +28,7 @@ and whenever the number of faces changes or a frame is not swapped.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -62,6 +63,10 @@ class SteadyConfig:
         return self.strength > 0.0
 
 
+#: Mean of the three channels (``cv2.transform``): the per-pixel difference the gate looks at.
+_CHANNEL_MEAN = np.full((1, 3), 1.0 / 3.0, dtype=np.float32)
+
+
 @dataclass
 class _Previous:
     face: Image
@@ -70,22 +75,41 @@ class _Previous:
 
 
 class FaceSteadier:
-    """One stream's steadying state: the last relit face and mask of each face slot (see the module docstring)."""
+    """One stream's steadying state: the last relit face and mask of each face slot (see the module docstring).
+
+    Served, the frames of a stream are rendered in overlapping tasks whose pixel
+    work runs in worker threads: :meth:`begin` is called in frame order and
+    refuses a frame older than one already begun (it is pasted unsteadied), and
+    a lock keeps the slots whole.
+    """
 
     def __init__(self, config: SteadyConfig | None = None) -> None:
         self.config = config or SteadyConfig()
         self._previous: list[_Previous | None] = []
         self._key: object | None = None
+        self._sequence = -1
+        self._lock = threading.Lock()
+        self._lut: npt.NDArray[np.float32] | None = None
 
-    def begin(self, faces: int, key: object) -> None:
-        """Start a frame with ``faces`` faces swapped with ``key`` (the identity): other counts or keys start afresh."""
-        if faces != len(self._previous) or key is not self._key:
-            self._previous = [None] * faces
-            self._key = key
+    def begin(self, faces: int, key: object, sequence: int) -> bool:
+        """Start frame ``sequence`` with ``faces`` faces swapped with ``key`` (the identity).
+
+        Other counts or keys start afresh. False (do not steady this frame) for a
+        frame older than the newest begun.
+        """
+        with self._lock:
+            if sequence <= self._sequence:
+                return False
+            self._sequence = sequence
+            if faces != len(self._previous) or key is not self._key:
+                self._previous = [None] * faces
+                self._key = key
+            return True
 
     def reset(self) -> None:
-        self._previous = []
-        self._key = None
+        with self._lock:
+            self._previous = []
+            self._key = None
 
     def __call__(
         self, slot: int, face: Image, landmarks: Points, mask: npt.NDArray[np.float32]
@@ -95,16 +119,29 @@ class FaceSteadier:
         Remembers the result for the next frame.
         """
         cfg = self.config
-        if not cfg.enabled or slot >= len(self._previous):
-            return face, mask
-        previous = self._previous[slot]
+        with self._lock:
+            slots = self._previous
+            previous = slots[slot] if cfg.enabled and slot < len(slots) else None
+            if not cfg.enabled or slot >= len(slots):
+                return face, mask
         out, out_mask = face, mask
         if previous is not None and previous.landmarks.shape == landmarks.shape:
             steadied = self._steady(face, mask, landmarks, previous)
             if steadied is not None:
                 out, out_mask = steadied
-        self._previous[slot] = _Previous(face=out, mask=out_mask, landmarks=np.array(landmarks, dtype=np.float32, copy=True))
+        with self._lock:
+            if slots is self._previous:  # not started afresh meanwhile
+                slots[slot] = _Previous(face=out, mask=out_mask, landmarks=np.array(landmarks, dtype=np.float32, copy=True))
         return out, out_mask
+
+    def _weights(self) -> npt.NDArray[np.float32]:
+        """The gate times the strength, per whole grey level of difference (0..255)."""
+        if self._lut is None:
+            cfg = self.config
+            levels = np.arange(256, dtype=np.float32)
+            gate = np.clip((cfg.gate_high - levels) / (cfg.gate_high - cfg.gate_low), 0.0, 1.0)
+            self._lut = (cfg.strength * gate).astype(np.float32)
+        return self._lut
 
     def _steady(
         self, face: Image, mask: npt.NDArray[np.float32], landmarks: Points, previous: _Previous
@@ -117,18 +154,22 @@ class FaceSteadier:
             return None  # not a head's motion (a lost and found face, a jump): start afresh
         height, width = face.shape[:2]
         moved = cv2.warpAffine(previous.face, motion, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        current = face.astype(np.float32)
-        delta = moved.astype(np.float32) - current
-        difference = np.abs(delta).mean(axis=2)
-        gate = np.clip((cfg.gate_high - difference) * (1.0 / (cfg.gate_high - cfg.gate_low)), 0.0, 1.0)
-        weight = (cfg.strength * gate)[:, :, None]
-        steadied = np.clip(np.rint(current + weight * delta), 0, 255).astype(np.uint8)
+        difference = cv2.transform(cv2.absdiff(moved, face), _CHANNEL_MEAN)  # uint8, one channel
+        weight = self._weights()[difference]
+        steadied = np.asarray(cv2.blendLinear(moved, face, weight, 1.0 - weight), np.uint8)
         moved_mask = cv2.warpAffine(
             previous.mask, motion, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
         )
-        mask_delta = moved_mask - mask
-        mask_span = 1.0 / (cfg.mask_gate_high - cfg.mask_gate_low)
-        mask_gate = np.clip((cfg.mask_gate_high - np.abs(mask_delta)) * mask_span, 0.0, 1.0)
-        steady_mask = np.clip(mask + cfg.strength * mask_gate * mask_delta, 0.0, 1.0).astype(np.float32)
+        # steady = mask + strength · gate(|Δ|) · Δ, with Δ = moved − mask, in place (float32 throughout).
+        delta = moved_mask - mask
+        steady_mask = np.abs(delta)
+        span = np.float32(1.0 / (cfg.mask_gate_high - cfg.mask_gate_low))
+        steady_mask *= -span
+        steady_mask += np.float32(cfg.mask_gate_high) * span
+        np.clip(steady_mask, 0.0, 1.0, out=steady_mask)
+        steady_mask *= np.float32(cfg.strength)
+        steady_mask *= delta
+        steady_mask += mask
+        np.clip(steady_mask, 0.0, 1.0, out=steady_mask)
         steady_mask[mask <= 0.0] = 0.0  # never beyond this frame's region (valid texture, outside the live mouth)
         return steadied, steady_mask

@@ -165,6 +165,7 @@ class FramePipeline:
         self._tracker = self._new_tracker(controls.max_faces)
         self._last_good: tuple[Image, float] | None = None
         self._steadier = FaceSteadier(settings.steady)
+        self._renders = 0
         self._stage_state: dict[str, dict[str, Any]] = {stage.name: {} for stage in self.stages}
         self.degraded_events = 0
         #: Per optional stage: frames where it was wanted but failed or was late.
@@ -327,6 +328,8 @@ class FramePipeline:
         makes what goes out (served: the outgoing frame).
         """
         stages = dict(analysis.stages_ms)
+        sequence = self._renders  # renders start in frame order (the steadier needs it)
+        self._renders += 1
         if analysis.failure is not None:
             return await self._fallback(image, analysis, stages, build)
         controls = self.controls
@@ -378,8 +381,7 @@ class FramePipeline:
             return await self._fallback(image, analysis, stages, build)
         badge = self._settings.badge
         pairs = list(zip(crops, work.swapped, strict=True))
-        steadier = self._steadier
-        steadier.begin(len(pairs), controls.identity)
+        steadier = self._steadier if self._steadier.begin(len(pairs), controls.identity, sequence) else None
 
         def compose() -> tuple[Image, F | None]:
             out = paste_back_many(image, pairs, options, steady=steadier)

@@ -31,7 +31,7 @@ def _mask() -> npt.NDArray[np.float32]:
 def test_jitter_is_averaged_and_the_first_frame_passes_unchanged() -> None:
     rng = np.random.default_rng(0)
     steadier = FaceSteadier(SteadyConfig(strength=0.6))
-    steadier.begin(1, "identity")
+    assert steadier.begin(1, "identity", 0)
     landmarks, mask = _grid_landmarks(), _mask()
     raw = [_face(rng, 2.0) for _ in range(12)]
     out = []
@@ -49,7 +49,7 @@ def test_jitter_is_averaged_and_the_first_frame_passes_unchanged() -> None:
 def test_a_real_change_passes_at_once() -> None:
     rng = np.random.default_rng(1)
     steadier = FaceSteadier()
-    steadier.begin(1, "identity")
+    assert steadier.begin(1, "identity", 0)
     landmarks, mask = _grid_landmarks(), _mask()
     steadier(0, _face(rng, 0.0), landmarks, mask)
     changed = _face(rng, 0.0)
@@ -61,7 +61,7 @@ def test_a_real_change_passes_at_once() -> None:
 def test_the_previous_face_follows_the_head() -> None:
     """A face that only moved is predicted from the last one moved with the mesh, not smeared."""
     steadier = FaceSteadier()
-    steadier.begin(1, "identity")
+    assert steadier.begin(1, "identity", 0)
     mask = _mask()
     first = np.full((100, 100, 3), 120, np.uint8)
     first[:, 50:] = 160
@@ -75,7 +75,7 @@ def test_the_previous_face_follows_the_head() -> None:
 def test_the_mask_never_reaches_beyond_this_frame_and_a_new_identity_starts_afresh() -> None:
     rng = np.random.default_rng(2)
     steadier = FaceSteadier()
-    steadier.begin(1, "first")
+    assert steadier.begin(1, "first", 0)
     landmarks = _grid_landmarks()
     wide = _mask()
     steadier(0, _face(rng, 2.0), landmarks, wide)
@@ -83,7 +83,7 @@ def test_the_mask_never_reaches_beyond_this_frame_and_a_new_identity_starts_afre
     narrow[30:70, 30:70] = 1.0  # e.g. the live mouth opened: its interior left the mask
     _, mask = steadier(0, _face(rng, 2.0), landmarks, narrow)
     assert not mask[narrow <= 0].any()
-    steadier.begin(1, "second")
+    assert steadier.begin(1, "second", 1)
     face = _face(rng, 2.0)
     steadied, kept = steadier(0, face, landmarks, narrow)
     assert np.array_equal(steadied, face) and np.array_equal(kept, narrow)
@@ -92,8 +92,16 @@ def test_the_mask_never_reaches_beyond_this_frame_and_a_new_identity_starts_afre
 def test_strength_zero_is_off() -> None:
     rng = np.random.default_rng(3)
     steadier = FaceSteadier(SteadyConfig(strength=0.0))
-    steadier.begin(1, "identity")
+    assert steadier.begin(1, "identity", 0)
     landmarks, mask = _grid_landmarks(), _mask()
     steadier(0, _face(rng, 2.0), landmarks, mask)
     face = _face(rng, 2.0)
     assert np.array_equal(steadier(0, face, landmarks, mask)[0], face)
+
+
+def test_a_frame_older_than_one_begun_is_not_steadied() -> None:
+    """Served, renders overlap: a late older frame must neither use nor overwrite the newer state."""
+    steadier = FaceSteadier()
+    assert steadier.begin(1, "identity", 5)
+    assert not steadier.begin(1, "identity", 4)
+    assert steadier.begin(1, "identity", 6)
