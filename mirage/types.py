@@ -111,6 +111,8 @@ class MeshIdentity:
     usable: npt.NDArray[np.bool_] | None = None
     #: Per tessellation triangle, the reference vertices (T, 3) its texture is sampled from.
     sources: npt.NDArray[np.int32] | None = None
+    #: Per point, how far the shape transfer may move it (0 on the outline and lips, 1 in the inner face).
+    shape_weights: npt.NDArray[np.float64] | None = None
     kind: Literal["mesh"] = "mesh"
 
     def __repr__(self) -> str:  # identity data never goes to logs

@@ -152,24 +152,37 @@ class FaceSteadier:
         moved_points = previous.landmarks.astype(np.float64) @ motion[:, :2].T + motion[:, 2]
         if float(np.abs(moved_points - landmarks).max()) > cfg.max_motion * size:
             return None  # not a head's motion (a lost and found face, a jump): start afresh
-        height, width = face.shape[:2]
-        moved = cv2.warpAffine(previous.face, motion, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        difference = cv2.transform(cv2.absdiff(moved, face), _CHANNEL_MEAN)  # uint8, one channel
+        rows = np.flatnonzero(mask.max(axis=1) > 0.0)
+        cols = np.flatnonzero(mask.max(axis=0) > 0.0)
+        if rows.size == 0:
+            return None
+        # Only the mask's bounding box is pasted: steady that, warping the previous frame straight into it.
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        into_box = motion.copy()
+        into_box[:, 2] -= (x0, y0)
+        box_size = (x1 - x0, y1 - y0)
+        part = np.ascontiguousarray(face[y0:y1, x0:x1])
+        part_mask = mask[y0:y1, x0:x1]
+        moved = cv2.warpAffine(previous.face, into_box, box_size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        difference = cv2.transform(cv2.absdiff(moved, part), _CHANNEL_MEAN)  # uint8, one channel
         weight = self._weights()[difference]
-        steadied = np.asarray(cv2.blendLinear(moved, face, weight, 1.0 - weight), np.uint8)
+        steadied = face.copy()
+        steadied[y0:y1, x0:x1] = cv2.blendLinear(moved, part, weight, 1.0 - weight)
         moved_mask = cv2.warpAffine(
-            previous.mask, motion, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
+            previous.mask, into_box, box_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
         )
         # steady = mask + strength · gate(|Δ|) · Δ, with Δ = moved − mask, in place (float32 throughout).
-        delta = moved_mask - mask
-        steady_mask = np.abs(delta)
+        delta = moved_mask - part_mask
+        box_mask = np.abs(delta)
         span = np.float32(1.0 / (cfg.mask_gate_high - cfg.mask_gate_low))
-        steady_mask *= -span
-        steady_mask += np.float32(cfg.mask_gate_high) * span
-        np.clip(steady_mask, 0.0, 1.0, out=steady_mask)
-        steady_mask *= np.float32(cfg.strength)
-        steady_mask *= delta
-        steady_mask += mask
-        np.clip(steady_mask, 0.0, 1.0, out=steady_mask)
-        steady_mask[mask <= 0.0] = 0.0  # never beyond this frame's region (valid texture, outside the live mouth)
+        box_mask *= -span
+        box_mask += np.float32(cfg.mask_gate_high) * span
+        np.clip(box_mask, 0.0, 1.0, out=box_mask)
+        box_mask *= np.float32(cfg.strength)
+        box_mask *= delta
+        box_mask += part_mask
+        np.clip(box_mask, 0.0, 1.0, out=box_mask)
+        box_mask[part_mask <= 0.0] = 0.0  # never beyond this frame's region (valid texture, outside the live mouth)
+        steady_mask = mask.copy()
+        steady_mask[y0:y1, x0:x1] = box_mask
         return steadied, steady_mask

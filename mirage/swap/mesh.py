@@ -259,7 +259,10 @@ def reference_shape_in_pose(
     live = np.concatenate([live_xy.astype(np.float64), live_z.astype(np.float64)[:, None]], axis=1)
     ref = np.concatenate([identity.landmarks.astype(np.float64), identity.depth.astype(np.float64)[:, None]], axis=1)
     fitted = similarity_3d(ref, live)[:, :2]
-    weight = amount * _shape_weights(live[:, :2])
+    # Where a point may move is a property of the face's layout: taken from the reference once
+    # (computed from the live mesh it cost 1.5 ms a frame).
+    layout = identity.shape_weights if identity.shape_weights is not None else _shape_weights(live[:, :2])
+    weight = amount * layout
     moved: Points = (live[:, :2] + weight[:, None] * (fitted - live[:, :2])).astype(np.float32)
     return moved
 
@@ -315,7 +318,10 @@ class MeshSwapper:
         in_photo = cv2.erode(in_photo, np.ones((3, 3), np.uint8))
         valid = np.minimum(skin_validity(texture, xy), in_photo)
         sources, usable = texture_sources(xy.astype(np.float64), depth.astype(np.float64), cfg.min_facing, size, valid)
-        return MeshIdentity(texture=texture, landmarks=xy, depth=depth, valid=valid, usable=usable, sources=sources)
+        return MeshIdentity(
+            texture=texture, landmarks=xy, depth=depth, valid=valid, usable=usable, sources=sources,
+            shape_weights=_shape_weights(xy.astype(np.float64)),
+        )
 
     # --- per frame ----------------------------------------------------------------
     def prepare(self, frame: Image, landmarks: FaceLandmarks) -> FaceCrop:
