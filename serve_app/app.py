@@ -247,6 +247,9 @@ class SessionArgs(_Args):
     #: On tracked frames (no detection), a face's landmarks and swap in one FaceSwapper call
     #: (one Serve call per frame instead of two; mirage.pipeline.fused). false: FaceDetector.landmarks, then swap.
     fuse_tracking: bool = True
+    #: Temporal steadying of each swapped face against the last frame's, moved with the head
+    #: (mirage.geometry.steady): the weight of the last frame where the two agree; 0 turns it off.
+    steady: float = Field(0.6, ge=0.0, lt=1.0)
     audio_sync: bool = True
 
 
@@ -291,6 +294,7 @@ class AppArgs(_Args):
             idle_timeout_s=s.idle_timeout_s,
             detect_every=s.detect_every,
             fuse_tracking=s.fuse_tracking,
+            steady=s.steady,
             audio_sync=s.audio_sync,
         )
         return Settings(

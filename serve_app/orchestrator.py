@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from av import VideoFrame
 
+from mirage.geometry.steady import SteadyConfig
 from mirage.overlay import blur_frame
 from mirage.pipeline.controls import NO_ENHANCER, FrameControls
 from mirage.pipeline.frame import Analysis, Breakers, FramePipeline, FrameSettings, PipelineCounters, Rendered
@@ -153,6 +154,7 @@ def frame_settings(settings: SessionSettings) -> FrameSettings:
         badge=settings.badge,
         hold_s=settings.hold_s,
         fuse_tracking=settings.fuse_tracking,
+        steady=SteadyConfig(strength=settings.steady),
     )
 
 

@@ -115,6 +115,8 @@ class SessionSettings:
     detect_every: int = 10
     #: Tracked frames: landmarks + swap of a face in one FaceSwapper call (mirage.pipeline.fused).
     fuse_tracking: bool = True
+    #: Temporal steadying of each swapped face against the last frame's (mirage.geometry.steady; 0: off).
+    steady: float = 0.6
     audio_sync: bool = True
     #: MIRAGE_ALLOW_NONCOMMERCIAL=0: sessions may not ask for models licensed for non-commercial
     #: use only (InSwapper, buffalo_l), and /config does not offer them.
