@@ -140,6 +140,10 @@ class VoiceConverter:
         self._counters.record(results)
         return results
 
+    async def convert_many(self, items: list[VoiceChunk]) -> list[VoiceResult]:
+        """Several sessions' chunks in one call (an ingress gathers them: ``mirage.voice.gather``), batched as ``convert``'s."""
+        return list(await asyncio.gather(*(self.convert(item) for item in items)))
+
     async def available_voices(self) -> list[str]:
         """``off``, the presets, ``custom`` and ``rvc:NAME`` for each generator this replica can load (for ``/config``)."""
         return self.core.available_voices()

@@ -401,6 +401,7 @@ class MirageIngress:
         """This replica's voice counters (chunks, fallbacks, timeouts, delay) and the converter's batches."""
         live = [v for v in (s.voice_stats() for s in self.registry.sessions()) if v is not None]
         out = self.ctx.voice_totals.snapshot(live)
+        out["calls"] = self.ctx.voice_calls()
         if self._voice is None:
             out["converter"] = {"where": "ingress (no VoiceConverter deployment)"}
             return out

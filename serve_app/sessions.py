@@ -31,6 +31,7 @@ from mirage.pipeline.models import SWAPPER, ModelClient
 from mirage.pipeline.stages import FACE_STAGES, FaceStage
 from mirage.types import SwapOptions
 from mirage.voice.config import PRESETS, VoiceError, VoiceSelection, selection_from_options
+from mirage.voice.gather import ChunkGatherer
 from mirage.voice.jitter import use_immediate_audio
 from mirage.voice.sync import SyncConfig
 from mirage.voice.track import VoiceTrack
@@ -59,7 +60,7 @@ from serve_app.media import LatestFramePump, OrderedVideoTrack, cancel_and_wait
 from serve_app.metrics import FrameMetricsSink, FrameRecord, NullSink, RollingStats
 from serve_app.orchestrator import EnhanceState, FramePreparer, FrameProcessor, SessionControls, VideoLoop
 from serve_app.settings import Settings
-from serve_app.voice import SyncedVideoTrack, VoiceTotals, deployment_convert, local_convert, local_core, voice_track
+from serve_app.voice import SyncedVideoTrack, VoiceTotals, deployment_gatherer, local_convert, local_core, voice_track
 
 logger = logging.getLogger(__name__)
 
@@ -128,14 +129,25 @@ class SessionContext:
     voice_totals: VoiceTotals = field(default_factory=VoiceTotals)
     _local_voice: Any = None
     _voices: list[str] | None = None
+    _gatherer: ChunkGatherer | None = None
 
     def voice_convert(self) -> Any:
-        """The voice pump's call: the deployment, or (no handle) a converter core of this process."""
+        """The voice pump's call: the deployment (the replica's sessions' chunks gathered into one call per
+        round), or (no handle) a converter core of this process."""
         if self.voice is not None:
-            return deployment_convert(self.voice)
+            if self._gatherer is None:
+                self._gatherer = deployment_gatherer(self.voice)
+            return self._gatherer.member()
         if self._local_voice is None:
             self._local_voice = local_core()
         return local_convert(self._local_voice)
+
+    def voice_calls(self) -> dict[str, float]:
+        """This replica's converter calls and the chunks they carried (several sessions' in one call)."""
+        gatherer = self._gatherer
+        calls = gatherer.calls if gatherer is not None else 0
+        chunks = gatherer.chunks if gatherer is not None else 0
+        return {"calls": calls, "chunks": chunks, "chunks_per_call": round(chunks / calls, 2) if calls else 0.0}
 
     async def available_voices(self) -> list[str]:
         """What ``set_options`` may choose (the deployment's ``available_voices``, asked once and kept)."""

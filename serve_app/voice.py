@@ -27,6 +27,7 @@ from av import VideoFrame
 
 from mirage.voice.config import VoiceDefaults
 from mirage.voice.convert import VoiceChunk, VoiceConverterCore, VoiceCoreConfig, VoiceResult
+from mirage.voice.gather import ChunkGatherer
 from mirage.voice.pump import Convert, VoicePump
 from mirage.voice.stream import VoiceStream
 from mirage.voice.sync import AvSync, SyncConfig
@@ -46,6 +47,17 @@ def deployment_convert(handle: Any) -> Convert:
         return handle.convert.remote(chunk)
 
     return convert
+
+
+def deployment_gatherer(handle: Any) -> ChunkGatherer:
+    """This replica's sessions' chunks, gathered into one ``convert_many`` call per round (mirage.voice.gather)."""
+
+    async def send(chunks: list[VoiceChunk]) -> list[VoiceResult]:
+        if len(chunks) == 1:
+            return [await handle.convert.remote(chunks[0])]
+        return list(await handle.convert_many.remote(chunks))
+
+    return ChunkGatherer(send)
 
 
 def local_convert(core: VoiceConverterCore) -> Convert:
