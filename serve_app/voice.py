@@ -1,8 +1,9 @@
 """A session's voice path in the ingress: the VoicePump on the VoiceConverter's handle, and the replica's totals.
 
 ``voice_track`` builds what replaces the pass-through audio track: a
-:class:`~mirage.voice.track.VoiceTrack` whose pump calls the deployment
-(``handle.convert.remote(chunk)``) with a deadline; a call that fails or is
+:class:`~mirage.voice.track.VoiceTrack` whose pump calls the deployment with a
+deadline, through the replica's :func:`deployment_gatherer` (the sessions' chunks
+that are ready together go in one call); a call that fails or is
 late is disguised here with the stream's DSP state (or muted), so with the
 voice on the real voice never goes out (docs/voice.md). Without a handle (an
 ingress built alone, in tests) the chunks are converted in this process by
@@ -38,15 +39,6 @@ from serve_app.media import OrderedVideoTrack
 VOICE_DEADLINE_S = 0.1
 #: Counters of ``VoicePump.stats()`` that add up across sessions.
 SUMMED = ("chunks", "converted", "fallbacks", "muted", "resets", "timeouts", "errors", "dropped")
-
-
-def deployment_convert(handle: Any) -> Convert:
-    """The pump's call: one chunk to the VoiceConverter deployment (batched there with other sessions')."""
-
-    def convert(chunk: VoiceChunk) -> Any:
-        return handle.convert.remote(chunk)
-
-    return convert
 
 
 def deployment_gatherer(handle: Any) -> ChunkGatherer:

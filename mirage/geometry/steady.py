@@ -121,9 +121,9 @@ class FaceSteadier:
         cfg = self.config
         with self._lock:
             slots = self._previous
-            previous = slots[slot] if cfg.enabled and slot < len(slots) else None
             if not cfg.enabled or slot >= len(slots):
                 return face, mask
+            previous = slots[slot]
         out, out_mask = face, mask
         if previous is not None and previous.landmarks.shape == landmarks.shape:
             steadied = self._steady(face, mask, landmarks, previous)

@@ -18,7 +18,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from mirage.voice.audio import mono_to_frame
 from mirage.voice.config import VoiceDefaults, parse_voice
-from serve_app.voice import VoiceTotals, deployment_convert, local_convert, local_core, voice_track
+from serve_app.voice import VoiceTotals, deployment_gatherer, local_convert, local_core, voice_track
 
 RATE = 48000
 CHUNK = 960
@@ -95,7 +95,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def test_a_failing_or_late_deployment_never_lets_the_real_voice_out() -> None:
     for behaviour in ("fail", "hang"):
         handle = BrokenHandle(behaviour)
-        sent, got, stats = _run(deployment_convert(handle), "deep")
+        sent, got, stats = _run(deployment_gatherer(handle).member(), "deep")
         assert handle.convert.calls > 0
         assert got.size >= 0.9 * sent.size, (behaviour, got.size)
         assert stats["fallbacks"] == stats["chunks"] - stats["converted"] and stats["fallbacks"] > 0, stats
@@ -107,7 +107,7 @@ def test_a_failing_or_late_deployment_never_lets_the_real_voice_out() -> None:
 
 
 def test_voice_off_passes_and_local_converter_disguises() -> None:
-    sent, got, stats = _run(deployment_convert(BrokenHandle("fail")), "off")
+    sent, got, stats = _run(deployment_gatherer(BrokenHandle("fail")).member(), "off")
     assert stats["converted"] == 0 and stats["fallbacks"] == 0  # off: no call at all, the voice as sent
     assert _corr(sent, got) > 0.99
     sent, got, stats = _run(local_convert(local_core()), "high")
