@@ -92,11 +92,14 @@ def _stripes(face: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-async def _collect(session: MirageSession, seconds: float) -> dict[int, list[np.ndarray]]:
-    """Received frames by stamp number (mod the clip's loop), for ``seconds``."""
+async def _collect(session: MirageSession, seconds: float, swapped_at_least: int = 0, cap_s: float = 0.0) -> dict[int, list[np.ndarray]]:
+    """Received frames by stamp number (mod the clip's loop), for ``seconds``; on a loaded box, on until
+    ``swapped_at_least`` stamps came back swapped or ``cap_s`` seconds passed (how many frames a second come
+    back, and how many in time to be swapped, is a benchmark's figure, not this test's)."""
     out: dict[int, list[np.ndarray]] = {}
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    swapped: set[int] = set()
+    start = time.monotonic()
+    while (now := time.monotonic()) < start + seconds or (len(swapped) < swapped_at_least and now < start + cap_s):
         try:
             frame = await asyncio.wait_for(session.frames.get(), 2.0)
         except TimeoutError:
@@ -104,6 +107,8 @@ async def _collect(session: MirageSession, seconds: float) -> dict[int, list[np.
         if frame.number is None or frame.image is None:
             continue
         out.setdefault(frame.number, []).append(frame.image)
+        if swapped_at_least and frame.number not in swapped and compare_to_sent(frame.image, frame.number, FPS).swapped:
+            swapped.add(frame.number)
     return out
 
 
@@ -162,10 +167,10 @@ def test_standin_enhancer_changes_the_face_and_batches_across_three_sessions(sta
         sessions = [await open_session(client_config(staged, served.api_key, fps=FPS, keep_frames=64)) for _ in range(3)]
         try:
             await asyncio.gather(*(s.wait_frames(3, timeout=60) for s in sessions))
-            before = await _collect(sessions[0], 6.0)
+            before = await _collect(sessions[0], 6.0, swapped_at_least=24, cap_s=30.0)
             replies = [await s.set_options(enhancer=STANDIN, fidelity=0.5) for s in sessions]
             await asyncio.sleep(1.0)
-            after = await _collect(sessions[0], 4.0)
+            after = await _collect(sessions[0], 4.0, swapped_at_least=14, cap_s=30.0)
             return before, after, replies
         finally:
             for s in sessions:
